@@ -1,0 +1,37 @@
+# Two commands do everything, set-up included:
+#   make e2e    the conformance suite on the local mesh (real Envoy, local pods)
+#   make test   the project's whole test suite: lint, types, unit tests and the local e2e suite
+# Pass pytest options with ARGS, e.g. make e2e ARGS="--envoy-bin /path/to/envoy -k stateful".
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: e2e test unit lint venv clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+ or pass PYTHON=..." >&2; exit 2; }
+	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "error: Python 3.11+ is needed")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+e2e: $(STAMP)
+	$(BIN)/pytest e2e/ -v $(ARGS)
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/ $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest tests/ e2e/ -v $(ARGS)
+
+clean:
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info

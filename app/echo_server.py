@@ -1,0 +1,95 @@
+"""The echo app behind every mesh: one stdlib file, run as a local process or in a container.
+
+Each pod answers ``Pod: <name> - IP: <ip>`` so a client can tell who served it. It can hold a request
+open (``/?hold=<seconds>``) so tests can load a pod with in-flight requests (LEAST_REQUEST), and it has a
+readiness endpoint (``/healthz``) for the local mesh and for a Kubernetes readiness probe.
+
+Configuration comes from the environment, as the Deployment's downward API provides it:
+POD_NAME, POD_IP, PORT (default 5678) and BIND (default: POD_IP, or 0.0.0.0 in a container).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+MAX_HOLD_SECONDS = 60.0
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: the gateway pools upstream connections
+    server_version = "sticky-echo"
+    # One buffered write per response and no Nagle: otherwise headers and body leave in two segments and
+    # delayed ACKs cost 40 ms per request.
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
+    identity = b""
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/healthz":
+            self._answer(200, b"ok\n")
+            return
+        hold = parse_qs(url.query).get("hold")
+        if hold:
+            try:
+                seconds = min(max(float(hold[0]), 0.0), MAX_HOLD_SECONDS)
+            except ValueError:
+                self._answer(400, b"hold must be a number of seconds\n")
+                return
+            time.sleep(seconds)
+        self._answer(200, self.identity)
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Silence per-request logging: thousands of requests per test would drown real errors."""
+
+
+class EchoServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(address, EchoHandler, bind_and_activate=False)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server_bind()
+        self.server_activate()
+
+
+def main() -> int:
+    name = os.environ.get("POD_NAME") or socket.gethostname()
+    ip = os.environ.get("POD_IP") or "127.0.0.1"
+    port = int(os.environ.get("PORT", "5678"))
+    bind = os.environ.get("BIND") or ip
+    EchoHandler.identity = f"Pod: {name} - IP: {ip}\n".encode()
+    try:
+        server = EchoServer((bind, port))
+    except OSError as error:
+        print(f"echo_server: cannot listen on {bind}:{port}: {error}", file=sys.stderr)
+        return 2
+
+    def stop(_signum: int, _frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"echo_server: {name} listening on {bind}:{port}", flush=True)
+    server.serve_forever(poll_interval=0.05)
+    server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

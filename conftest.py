@@ -1,0 +1,43 @@
+"""pytest wiring: command-line options, the session's mesh, and the probe that tests use.
+
+``pytest e2e/`` runs the conformance suite on the local mesh; ``--mesh kind|cluster`` selects another
+mesh. Everything a test needs comes from fixtures here; the tests themselves never know which mesh runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from fixtures.mesh import Mesh
+from fixtures.probe import Probe
+
+# Options, features and figures live in the plugin; imported by name so pytest can rewrite its asserts.
+pytest_plugins = ["fixtures.plugin"]
+
+
+@pytest.fixture(scope="session")
+def session_mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
+    """The mesh for the whole run: started once, stopped (everything removed) at the end, also on Ctrl-C."""
+    from fixtures.plugin import open_mesh
+
+    mesh = open_mesh(request.config)
+    try:
+        yield mesh
+    finally:
+        mesh.close()
+
+
+@pytest.fixture
+def mesh(session_mesh: Mesh) -> Mesh:
+    """The mesh at its baseline (base manifests, 3 pods, no DestinationRule, istiod flags unset)."""
+    session_mesh.reset()
+    return session_mesh
+
+
+@pytest.fixture
+def probe(mesh: Mesh, request: pytest.FixtureRequest) -> Probe:
+    from fixtures.plugin import timeouts
+
+    return Probe(mesh.gateway_url, timeout=timeouts(request.config).request)
