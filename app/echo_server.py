@@ -86,7 +86,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(f"echo_server: {name} listening on {bind}:{port}", flush=True)
-    server.serve_forever(poll_interval=0.05)
+    server.serve_forever(poll_interval=0.02)
     server.server_close()
     return 0
 
