@@ -5,7 +5,8 @@ open (``/?hold=<seconds>``) so tests can load a pod with in-flight requests (LEA
 readiness endpoint (``/healthz``) for the local mesh and for a Kubernetes readiness probe.
 
 Configuration comes from the environment, as the Deployment's downward API provides it:
-POD_NAME, POD_IP, PORT (default 5678) and BIND (default: POD_IP, or 0.0.0.0 in a container).
+POD_NAME, POD_IP, PORT (default 5678), BIND (default: POD_IP) and DRAIN_SECONDS (default 5: how long
+SIGTERM waits for requests being answered; held requests are answered at once).
 """
 
 from __future__ import annotations
@@ -15,11 +16,36 @@ import signal
 import socket
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 MAX_HOLD_SECONDS = 60.0
+DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "5"))
+SHUTTING_DOWN = threading.Event()  # wakes held requests so a terminating pod answers them at once
+
+
+class InFlight:
+    """Requests being answered, so SIGTERM can let them finish (graceful shutdown) but not wait forever."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = threading.Condition()
+
+    def __enter__(self) -> None:
+        with self.idle:
+            self.count += 1
+
+    def __exit__(self, *_: object) -> None:
+        with self.idle:
+            self.count -= 1
+            self.idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> None:
+        with self.idle:
+            self.idle.wait_for(lambda: self.count == 0, timeout)
+
+
+IN_FLIGHT = InFlight()
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -32,6 +58,10 @@ class EchoHandler(BaseHTTPRequestHandler):
     identity = b""
 
     def do_GET(self) -> None:
+        with IN_FLIGHT:
+            self._get()
+
+    def _get(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/healthz":
             self._answer(200, b"ok\n")
@@ -43,7 +73,7 @@ class EchoHandler(BaseHTTPRequestHandler):
             except ValueError:
                 self._answer(400, b"hold must be a number of seconds\n")
                 return
-            time.sleep(seconds)
+            SHUTTING_DOWN.wait(seconds)
         self._answer(200, self.identity)
 
     def _answer(self, status: int, body: bytes) -> None:
@@ -81,6 +111,7 @@ def main() -> int:
         return 2
 
     def stop(_signum: int, _frame: object) -> None:
+        SHUTTING_DOWN.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
@@ -88,6 +119,7 @@ def main() -> int:
     print(f"echo_server: {name} listening on {bind}:{port}", flush=True)
     server.serve_forever(poll_interval=0.02)
     server.server_close()
+    IN_FLIGHT.wait_idle(DRAIN_SECONDS)
     return 0
 
 
