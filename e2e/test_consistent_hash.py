@@ -71,7 +71,7 @@ def run_sticky_rounds(probe: Probe, sessions: list[Session]) -> None:
 
 
 def control_requests(mesh: Mesh) -> int:
-    return samples_to_see_two(len(mesh.pods()), ALPHA)
+    return samples_to_see_two()
 
 
 # -- 1 + 2: negative control and stickiness, per key --------------------------------------------------

@@ -87,7 +87,7 @@ def test_flag_gates_sessions(mode: Mode, mesh: Mesh, probe: Probe) -> None:
     """Label without the flag: no value is issued and nothing pins (negative control). Flag on: issued."""
     mesh.apply(mode.service)
     client = mode.new_session()
-    probe.run([client], rounds=samples_to_see_two(len(mesh.pods()), ALPHA), fresh_connections=True)
+    probe.run([client], rounds=samples_to_see_two(), fresh_connections=True)
     assert all(mode.issued(r) is None for r in client.replies), "a session value was issued with the flag off"
     assert_not_sticky(client, "label without the flag")
 
@@ -105,7 +105,7 @@ def test_seed_cookie_label_enables_nothing(mesh: Mesh, probe: Probe) -> None:
     mesh.apply("services/session-seed-cookie-label.yml")
     mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
     client = Session()
-    probe.run([client], rounds=samples_to_see_two(len(mesh.pods()), ALPHA), fresh_connections=True)
+    probe.run([client], rounds=samples_to_see_two(), fresh_connections=True)
     assert not any(r.set_cookies() for r in client.replies), [r.set_cookies() for r in client.replies]
     assert_not_sticky(client, "the seed's cookie label")
 
@@ -274,7 +274,7 @@ def test_session_value_beats_the_hash(mode: Mode, mesh: Mesh, probe: Probe) -> N
     enable(mesh, mode)
     mesh.apply("destinationrules/hash-query.yml")
     keyed = Session(query={"session": "user-1"})
-    probe.run([keyed], rounds=samples_to_see_two(len(mesh.pods()), ALPHA), fresh_connections=True)
+    probe.run([keyed], rounds=samples_to_see_two(), fresh_connections=True)
     hashed_pod = keyed.last_pod
     assert len(keyed.distinct_pods()) == 1, f"the hash did not decide without a session value: {keyed.pods}"
     other = next(p for p in mesh.pods() if p.name != hashed_pod)

@@ -47,11 +47,15 @@ def test_samples_to_see_all_meets_its_bound() -> None:
 
 
 def test_samples_to_see_two_meets_its_bound() -> None:
-    for k in (2, 3, 5):
-        n = samples_to_see_two(k)
-        assert k * (1 / k) ** n <= ALPHA
+    for max_share in (0.5, 0.42, 1 / 3):
+        n = samples_to_see_two(max_share)
+        assert max_share ** (n - 1) <= ALPHA
+        assert max_share ** (n - 2) > ALPHA
+    # an uneven 3-pod split with the largest share at the bound
+    shares = (0.5, 0.3, 0.2)
+    assert sum(p ** samples_to_see_two(0.5) for p in shares) <= ALPHA
     with pytest.raises(ValueError, match="one pod"):
-        samples_to_see_two(1)
+        samples_to_see_two(1.0)
 
 
 def test_evenness_detects_a_skew_and_accepts_an_even_split() -> None:
