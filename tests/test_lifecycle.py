@@ -35,6 +35,13 @@ def child_pytest(out: Path, mode: str) -> subprocess.Popen[bytes]:
     )
 
 
+def wait_until_recorded(out: Path) -> None:
+    for attempt in poll(30.0, "child mesh started"):
+        with attempt:
+            assert out.exists(), "child has not recorded its mesh yet"
+            assert out.read_text(), "child is still writing its record"
+
+
 def assert_cleaned_up(out: Path) -> None:
     recorded = json.loads(out.read_text())
     assert recorded["pids"], "the child recorded no processes"
@@ -57,10 +64,7 @@ def test_ctrl_c_leaves_nothing_running(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     child = child_pytest(out, "hang")
     try:
-        for attempt in poll(30.0, "child mesh started"):
-            with attempt:
-                assert out.exists(), "child has not recorded its mesh yet"
-                assert out.read_text(), "child is still writing its record"
+        wait_until_recorded(out)
         child.send_signal(signal.SIGINT)
         stdout, _ = child.communicate(timeout=30)
     finally:
@@ -75,10 +79,7 @@ def test_killed_pytest_takes_its_children_along(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     child = child_pytest(out, "hang")
     try:
-        for attempt in poll(30.0, "child mesh started"):
-            with attempt:
-                assert out.exists(), "child has not recorded its mesh yet"
-                assert out.read_text(), "child is still writing its record"
+        wait_until_recorded(out)
         child.kill()
         child.wait(10)
     finally:
