@@ -13,7 +13,7 @@ ENVOYS       ?= .envoy
 UPGRADE_FROM ?= 1.38.3
 envoy_bin     = $(ENVOYS)/$(1)/envoy/_bin/envoy
 
-.PHONY: e2e test unit lint venv clean upgrade
+.PHONY: e2e test unit lint venv clean upgrade compare
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+ or pass PYTHON=..." >&2; exit 2; }
@@ -49,6 +49,10 @@ e2e-envoy-%: $(ENVOYS)/%/envoy/_bin/envoy
 # Live upgrade under established sessions: Envoy $(UPGRADE_FROM) -> the default (1.40.0)
 upgrade: $(call envoy_bin,$(UPGRADE_FROM))
 	$(BIN)/pytest e2e/test_upgrade.py -v --envoy-bin $< --upgrade-to $(BIN)/envoy $(ARGS)
+
+# The upgrade gate: make compare BEFORE=reports/a.yaml AFTER=reports/b.yaml (non-zero on a regression)
+compare: $(STAMP)
+	$(BIN)/python -m fixtures.compare_reports $(BEFORE) $(AFTER)
 
 clean:
 	rm -rf $(VENV) $(ENVOYS) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info

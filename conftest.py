@@ -14,15 +14,17 @@ from fixtures.mesh import Mesh
 from fixtures.probe import Probe
 
 # Options, features and figures live in the plugin; imported by name so pytest can rewrite its asserts.
-pytest_plugins = ["fixtures.plugin"]
+pytest_plugins = ["fixtures.plugin", "fixtures.conformance_report"]
 
 
 @pytest.fixture(scope="session")
 def session_mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """The mesh for the whole run: started once, stopped (everything removed) at the end, also on Ctrl-C."""
+    from fixtures.conformance_report import MESH_VERSIONS
     from fixtures.plugin import open_mesh
 
     mesh = open_mesh(request.config)
+    request.config.stash[MESH_VERSIONS] = mesh.versions()
     try:
         yield mesh
     finally:

@@ -90,8 +90,8 @@ def test_key_pins_sessions(key: HashKey, mesh: Mesh, probe: Probe, figures: dict
     sessions = [key.carry(f"user-{i}") for i in range(STICKY_SESSIONS)]
     run_sticky_rounds(probe, sessions)
     assert_sticky(sessions, f"{key.id} rule")
-    figures.update(sessions=STICKY_SESSIONS, requests=STICKY_SESSIONS * STICKY_ROUNDS,
-                   pods_reached=len({s.last_pod for s in sessions}))
+    figures.update(sessions=STICKY_SESSIONS, requests=STICKY_SESSIONS * STICKY_ROUNDS, sticky_share=1.0,
+                   sticky_share_n=STICKY_SESSIONS, pods_reached=len({s.last_pod for s in sessions}))
 
 
 @pytest.mark.feature("consistent-hash-source-ip", "ring-hash")
@@ -108,8 +108,8 @@ def test_source_ip_pins_clients(mesh: Mesh, probe: Probe, figures: dict[str, Any
     sessions = [Session(source_ip=address) for address in addresses]
     run_sticky_rounds(probe, sessions)
     assert_sticky(sessions, "useSourceIp rule")
-    figures.update(clients=len(sessions), requests=len(sessions) * STICKY_ROUNDS,
-                   pods_reached=len({s.last_pod for s in sessions}))
+    figures.update(clients=len(sessions), requests=len(sessions) * STICKY_ROUNDS, sticky_share=1.0,
+                   sticky_share_n=len(sessions), pods_reached=len({s.last_pod for s in sessions}))
 
 
 @pytest.mark.feature("consistent-hash-header")
@@ -216,9 +216,9 @@ def test_scaling_moves_the_predicted_share(algorithm: Algorithm, step: tuple[int
     ideal = abs(end - start) / max(start, end)
     remap_bound = share_interval(SCALING_KEYS, expected.moved)
     survivor_bound = share_interval(SCALING_KEYS, expected.between_survivors)
-    figures.update(keys=SCALING_KEYS, remap_share=moved.moved_share, remap_expected=expected.moved,
-                   remap_ideal=ideal, survivor_share=moved.survivor_share,
-                   survivor_expected=expected.between_survivors)
+    figures.update(keys=SCALING_KEYS, remap_share=moved.moved_share, remap_share_n=SCALING_KEYS,
+                   remap_expected=expected.moved, remap_ideal=ideal, survivor_share=moved.survivor_share,
+                   survivor_share_n=SCALING_KEYS, survivor_expected=expected.between_survivors)
     assert moved.moved_share in remap_bound, (
         f"{algorithm.id} {start}->{end}: {moved.moved_share:.3f} of sessions moved, the model predicts "
         f"{expected.moved:.3f} (acceptance {remap_bound} at alpha {ALPHA}); ideal would be {ideal:.3f}"
@@ -251,8 +251,9 @@ def test_pod_replaced_moves_its_sessions(algorithm: Algorithm, mesh: Mesh, probe
     expected = exact_remap(algorithm.build(addresses(before_pods)), algorithm.build(addresses(after_pods)))
     bound = share_interval(SCALING_KEYS, expected.between_survivors)
     figures.update(keys=SCALING_KEYS, victim_sessions=victims, moved_share=moved.moved_share,
-                   to_replacement=moved.to_new / SCALING_KEYS, survivor_share=moved.survivor_share,
-                   survivor_expected=expected.between_survivors)
+                   moved_share_n=SCALING_KEYS, to_replacement=moved.to_new / SCALING_KEYS,
+                   to_replacement_n=SCALING_KEYS, survivor_share=moved.survivor_share,
+                   survivor_share_n=SCALING_KEYS, survivor_expected=expected.between_survivors)
     assert moved.from_removed == victims, "sessions of the deleted pod must all move (it is gone)"
     assert replacement.name in set(after.values()), "the replacement pod took no sessions"
     assert moved.survivor_share in bound, (
@@ -361,5 +362,5 @@ def test_model_predicts_every_pod(algorithm: Algorithm, mesh: Mesh, probe: Probe
     answered = placement(establish(probe, keys))
     wrong = [(key, by_address[model.pick(key)], answered[i]) for i, key in enumerate(keys)
              if by_address[model.pick(key)] != answered[i]]
-    figures.update(keys=len(keys), agreement=1 - len(wrong) / len(keys))
+    figures.update(keys=len(keys), agreement=1 - len(wrong) / len(keys), agreement_n=len(keys))
     assert not wrong, f"{len(wrong)}/{len(keys)} keys answered by another pod than the model's, e.g. {wrong[:3]}"

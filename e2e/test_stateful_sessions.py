@@ -137,7 +137,9 @@ def test_value_pins_every_request(mode: Mode, mesh: Mesh, probe: Probe, figures:
     probe.run(sessions, rounds=ROUNDS - ROUNDS // 2, fresh_connections=True)
     assert_sticky(sessions, f"{mode.id} sessions")
     reissued = sum(1 for s in sessions for r in s.replies[1:] if mode.issued(r) is not None)
-    figures.update(sessions=len(sessions), requests=len(sessions) * (ROUNDS + 1), reissued=reissued)
+    figures.update(sessions=len(sessions), requests=len(sessions) * (ROUNDS + 1), reissued=reissued,
+                   pinned_share=1 - len([s for s in sessions if len(s.distinct_pods()) != 1]) / len(sessions),
+                   pinned_share_n=len(sessions))
     assert reissued == 0, f"{reissued} replies re-issued a value although the pod did not change"
 
 
@@ -155,7 +157,7 @@ def test_scale_up_keeps_every_session(mode: Mode, mesh: Mesh, probe: Probe, figu
     after = placement(sessions)
     stayed = sum(1 for key in before if before[key] == after[key])
     fresh = establish(probe, mode, samples_to_see_all(5, ALPHA))
-    figures.update(sessions=len(sessions), stayed_share=stayed / len(sessions),
+    figures.update(sessions=len(sessions), stayed_share=stayed / len(sessions), stayed_share_n=len(sessions),
                    new_sessions_on_new_pods=sum(1 for s in fresh if s.last_pod in new))
     assert stayed == len(sessions), f"only {stayed}/{len(sessions)} sessions kept their pod after 3 -> 5"
     assert new <= {s.last_pod for s in fresh}, "new sessions never reached the new pods"
@@ -221,7 +223,9 @@ def test_graceful_drain(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str,
     fresh = establish(probe, mode, samples_to_see_all(len(mesh.pods()), ALPHA) * 2)
     on_draining = sum(1 for s in fresh if s.last_pod == victim)
     figures.update(victim_sessions=len(victims), kept_on_draining_pod=kept, new_sessions=len(fresh),
-                   new_on_draining_pod=on_draining)
+                   new_on_draining_pod=on_draining, kept_on_draining_share=kept / len(victims),
+                   kept_on_draining_share_n=len(victims), new_on_draining_share=on_draining / len(fresh),
+                   new_on_draining_share_n=len(fresh))
     if mode.id == "cookie":
         assert kept == len(victims), f"only {kept}/{len(victims)} cookie sessions stayed on the draining pod"
     else:
@@ -379,7 +383,8 @@ def test_new_sessions_after_scale_up(manifest: str, expected: float, mesh: Mesh,
         sequential.run(sessions, fresh_connections=True)
     share = sum(1 for s in sessions if s.last_pod in new) / NEW_SESSIONS
     bound = share_interval(NEW_SESSIONS, expected)
-    figures.update(new_sessions=NEW_SESSIONS, new_pod_share=share, expected_share=expected)
+    figures.update(new_sessions=NEW_SESSIONS, new_pod_share=share, new_pod_share_n=NEW_SESSIONS,
+                   expected_share=expected)
     assert share in bound, (
         f"{share:.3f} of new sessions went to the idle new pod; expected {expected:.4f} (acceptance {bound})"
     )
