@@ -14,7 +14,7 @@ from fixtures.mesh import Mesh
 from fixtures.probe import Probe
 
 # Options, features and figures live in the plugin; imported by name so pytest can rewrite its asserts.
-pytest_plugins = ["fixtures.plugin", "fixtures.conformance_report"]
+pytest_plugins = ["fixtures.plugin", "fixtures.conformance_report", "fixtures.cluster.plugin"]
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,10 @@ def session_mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     from fixtures.plugin import open_mesh
 
     mesh = open_mesh(request.config)
+    from fixtures.plugin import MESH_KEY
+
     request.config.stash[MESH_VERSIONS] = mesh.versions()
+    request.config.stash[MESH_KEY] = mesh
     try:
         yield mesh
     finally:
