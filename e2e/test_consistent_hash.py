@@ -216,6 +216,8 @@ def test_scaling_moves_the_predicted_share(algorithm: Algorithm, step: tuple[int
     ideal = abs(end - start) / max(start, end)
     remap_bound = share_interval(SCALING_KEYS, expected.moved)
     survivor_bound = share_interval(SCALING_KEYS, expected.between_survivors)
+    figures.update(per_pod_before={p.name: list(before.values()).count(p.name) for p in before_pods},
+                   per_pod_after={p.name: list(after.values()).count(p.name) for p in after_pods})
     figures.update(keys=SCALING_KEYS, remap_share=moved.moved_share, remap_share_n=SCALING_KEYS,
                    remap_expected=expected.moved, remap_ideal=ideal, survivor_share=moved.survivor_share,
                    survivor_share_n=SCALING_KEYS, survivor_expected=expected.between_survivors)
