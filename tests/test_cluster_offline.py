@@ -7,6 +7,7 @@ reads the same facts a real Envoy reports.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -169,3 +170,18 @@ def test_convergence_facts_read_a_real_envoy_like_the_translation(extra: str, re
     config = mesh._translate()
     cluster = config.clusters[0]["name"]
     assert envoy_state.gateway_facts(mesh.config_dump(), cluster) == expected_facts(config)
+
+
+def test_prometheus_query_and_parsing() -> None:
+    from fixtures.cluster import prometheus
+
+    query = prometheus.requests_by_pod_query("sticky-abc")
+    assert 'destination_workload_namespace="sticky-abc"' in query
+    assert prometheus.query_command(query)[-1].startswith("http://localhost:9090/api/v1/query?query=sum%20by")
+    response = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"pod": "app-1"}, "value": [1.0, "50"]},
+        {"metric": {"pod": "gone"}, "value": [1.0, "3"]},
+    ]}})
+    assert prometheus.parse_totals(response, {"app-1": "10.0.0.5:5678"}) == {"10.0.0.5:5678": 50}
+    with pytest.raises(MeshError, match="query failed"):
+        prometheus.parse_totals(json.dumps({"status": "error", "error": "bad"}), {})
