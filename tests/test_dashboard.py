@@ -88,6 +88,11 @@ def test_monitoring_helmfile_pins_its_charts() -> None:
     assert plan[0].values["server"]["global"]["scrape_interval"] == "5s"
 
 
+def test_root_helmfile_includes_the_monitoring_stack() -> None:
+    root = yaml.safe_load((PROJECT_ROOT / "helmfile.yaml").read_text())
+    assert {"path": "observability/helmfile.yaml"} in root["helmfiles"]
+
+
 def test_session_tag_telemetry_is_valid_yaml() -> None:
     telemetry = yaml.safe_load((OBSERVABILITY / "telemetry-session-tag.yml").read_text())
     assert telemetry["kind"] == "Telemetry"
