@@ -296,58 +296,38 @@ def test_no_cookie_issued_without_ttl(mesh: Mesh, probe: Probe) -> None:
 
 
 # -- configuration-level checks ------------------------------------------------------------------------
-def app_cluster(mesh: Mesh) -> dict[str, Any]:
-    dump = mesh.config_dump("dynamic_active_clusters")
-    clusters = [c["cluster"] for c in dump["configs"] if "sticky-session-app" in c["cluster"]["name"]]
-    assert len(clusters) == 1, [c["cluster"]["name"] for c in dump["configs"]]
-    cluster: dict[str, Any] = clusters[0]
-    return cluster
-
-
-def app_route_actions(mesh: Mesh) -> list[dict[str, Any]]:
-    dump = mesh.config_dump("dynamic_route_configs")
-    return [
-        route["route"]
-        for config in dump["configs"]
-        for host in config["route_config"].get("virtual_hosts", [])
-        for route in host.get("routes", [])
-        if "sticky-session-app" in route.get("route", {}).get("cluster", "")
-    ]
-
-
 @pytest.mark.feature("config")
 @pytest.mark.parametrize(
-    ("manifest", "lb_policy", "size_field", "size", "hash_policy"),
+    ("manifest", "lb_policy", "size", "hash_policy"),
     [
-        ("destinationrules/hash-header.yml", "RING_HASH", "ring_hash_lb_config", ("minimum_ring_size", "1024"),
+        ("destinationrules/hash-header.yml", "RING_HASH", ("minimum_ring_size", "1024"),
          {"header": {"header_name": HEADER}}),
-        ("destinationrules/hash-header-ring-10240.yml", "RING_HASH", "ring_hash_lb_config",
-         ("minimum_ring_size", "10240"), {"header": {"header_name": HEADER}}),
-        ("destinationrules/hash-header-maglev.yml", "MAGLEV", "maglev_lb_config", ("table_size", "65537"),
+        ("destinationrules/hash-header-ring-10240.yml", "RING_HASH", ("minimum_ring_size", "10240"),
          {"header": {"header_name": HEADER}}),
-        ("destinationrules/hash-query.yml", "RING_HASH", "ring_hash_lb_config", ("minimum_ring_size", "1024"),
+        ("destinationrules/hash-header-maglev.yml", "MAGLEV", ("table_size", "65537"),
+         {"header": {"header_name": HEADER}}),
+        ("destinationrules/hash-query.yml", "RING_HASH", ("minimum_ring_size", "1024"),
          {"query_parameter": {"name": "session"}}),
-        ("destinationrules/hash-source-ip.yml", "RING_HASH", "ring_hash_lb_config", ("minimum_ring_size", "1024"),
+        ("destinationrules/hash-source-ip.yml", "RING_HASH", ("minimum_ring_size", "1024"),
          {"connection_properties": {"source_ip": True}}),
     ],
     ids=["ring-1024", "ring-10240", "maglev", "query", "source-ip"],
 )
-def test_gateway_config_shows_the_rule(manifest: str, lb_policy: str, size_field: str, size: tuple[str, str],
+def test_gateway_config_shows_the_rule(manifest: str, lb_policy: str, size: tuple[str, str],
                                        hash_policy: dict[str, Any], mesh: Mesh) -> None:
     """The seed's troubleshooting step, as a check: the gateway's Envoy shows what the rule asked for,
     and once the rule is deleted the default (LEAST_REQUEST, no hash policy) is back."""
     mesh.apply(manifest)
-    cluster = app_cluster(mesh)
-    assert cluster.get("lb_policy") == lb_policy
-    assert str(cluster.get(size_field, {}).get(size[0])) == size[1], cluster.get(size_field)
-    actions = app_route_actions(mesh)
-    assert actions, "no route to the app at the gateway"
-    assert all(action.get("hash_policy") == [hash_policy] for action in actions), actions
+    facts = mesh.gateway_facts()
+    assert facts["cluster"]["lb_policy"] == lb_policy, facts["cluster"]
+    assert facts["cluster"][size[0]] == size[1], facts["cluster"]
+    assert facts["routes"], "no route to the app at the gateway"
+    assert all(route["hash_policy"] == [hash_policy] for route in facts["routes"]), facts["routes"]
 
     mesh.delete(manifest)
-    cluster = app_cluster(mesh)
-    assert cluster.get("lb_policy", "ROUND_ROBIN") == "LEAST_REQUEST", cluster.get("lb_policy")
-    assert all("hash_policy" not in action for action in app_route_actions(mesh))
+    facts = mesh.gateway_facts()
+    assert facts["cluster"]["lb_policy"] == "LEAST_REQUEST", facts["cluster"]
+    assert all(not route["hash_policy"] for route in facts["routes"]), facts["routes"]
 
 
 # -- the model, exactly (provisional: pins Envoy's algorithm, not the contract) ------------------------
