@@ -98,7 +98,23 @@ class EchoServer(ThreadingHTTPServer):
         self.server_activate()
 
 
+def receive_identity() -> None:
+    """With IDENTITY_ON_STDIN=1, wait for one line ``POD_NAME POD_IP PORT BIND`` before serving.
+
+    Lets the local mesh keep a warm process ready (the interpreter and http.server already imported)
+    and give it a pod's identity in a millisecond, instead of paying Python's start-up per new pod.
+    """
+    if os.environ.get("IDENTITY_ON_STDIN") != "1":
+        return
+    fields = sys.stdin.readline().split()
+    if len(fields) != 4:
+        sys.exit(0)  # the harness closed stdin without using this spare: nothing to serve
+    for key, value in zip(("POD_NAME", "POD_IP", "PORT", "BIND"), fields, strict=True):
+        os.environ[key] = value
+
+
 def main() -> int:
+    receive_identity()
     name = os.environ.get("POD_NAME") or socket.gethostname()
     ip = os.environ.get("POD_IP") or "127.0.0.1"
     port = int(os.environ.get("PORT", "5678"))
