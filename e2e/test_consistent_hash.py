@@ -219,8 +219,8 @@ def test_scaling_moves_the_predicted_share(algorithm: Algorithm, step: tuple[int
     figures.update(per_pod_before={p.name: list(before.values()).count(p.name) for p in before_pods},
                    per_pod_after={p.name: list(after.values()).count(p.name) for p in after_pods})
     figures.update(keys=SCALING_KEYS, remap_share=moved.moved_share, remap_share_n=SCALING_KEYS,
-                   remap_expected=expected.moved, remap_ideal=ideal, survivor_share=moved.survivor_share,
-                   survivor_share_n=SCALING_KEYS, survivor_expected=expected.between_survivors)
+                   remap_share_expected=expected.moved, remap_ideal=ideal, survivor_share=moved.survivor_share,
+                   survivor_share_n=SCALING_KEYS, survivor_share_expected=expected.between_survivors)
     assert moved.moved_share in remap_bound, (
         f"{algorithm.id} {start}->{end}: {moved.moved_share:.3f} of sessions moved, the model predicts "
         f"{expected.moved:.3f} (acceptance {remap_bound} at alpha {ALPHA}); ideal would be {ideal:.3f}"
@@ -255,7 +255,7 @@ def test_pod_replaced_moves_its_sessions(algorithm: Algorithm, mesh: Mesh, probe
     figures.update(keys=SCALING_KEYS, victim_sessions=victims, moved_share=moved.moved_share,
                    moved_share_n=SCALING_KEYS, to_replacement=moved.to_new / SCALING_KEYS,
                    to_replacement_n=SCALING_KEYS, survivor_share=moved.survivor_share,
-                   survivor_share_n=SCALING_KEYS, survivor_expected=expected.between_survivors)
+                   survivor_share_n=SCALING_KEYS, survivor_share_expected=expected.between_survivors)
     assert moved.from_removed == victims, "sessions of the deleted pod must all move (it is gone)"
     assert replacement.name in set(after.values()), "the replacement pod took no sessions"
     assert moved.survivor_share in bound, (

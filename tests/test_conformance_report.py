@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from fixtures.compare_reports import compare, main, render
-from fixtures.conformance_report import dump
+from fixtures.conformance_report import dump, write_text_atomically
 from fixtures.manifests import PROJECT_ROOT
 
 FAKE_SUITE = '''
@@ -40,9 +41,10 @@ def test_exempt():
 '''
 
 
-def run_fake_suite(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+def run_fake_suite(tmp_path: Path, *args: str,
+                   suite: str = FAKE_SUITE) -> tuple[subprocess.CompletedProcess[str], Path]:
     (tmp_path / "e2e").mkdir()
-    (tmp_path / "e2e" / "test_fake.py").write_text(FAKE_SUITE)
+    (tmp_path / "e2e" / "test_fake.py").write_text(suite)
     report = tmp_path / "out" / "report.yaml"
     summary = tmp_path / "summary.md"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "GITHUB_STEP_SUMMARY": str(summary)}
@@ -131,3 +133,100 @@ def test_fixed_test_is_an_improvement(tmp_path: Path) -> None:
     assert main([str(tmp_path / "before.yaml"), str(tmp_path / "after.json")]) == 0
     assert main([str(tmp_path / "after.json"), str(tmp_path / "before.yaml")]) == 1
     assert main([str(tmp_path / "missing.yaml"), str(tmp_path / "before.yaml")]) == 2
+
+
+UNSTARTABLE_SUITE = '''
+import pytest
+
+@pytest.fixture(scope="session")
+def session_mesh():
+    pytest.exit("cannot start the local mesh: no Envoy", returncode=pytest.ExitCode.USAGE_ERROR)
+
+@pytest.mark.feature("stateful-header")
+def test_needs_the_mesh(session_mesh):
+    pass
+
+@pytest.mark.feature("maglev")
+def test_also_needs_it(session_mesh):
+    pass
+'''
+
+
+def test_report_is_written_when_the_mesh_cannot_start(tmp_path: Path) -> None:
+    process, path = run_fake_suite(tmp_path, suite=UNSTARTABLE_SUITE)
+    assert process.returncode == 4, process.stdout + process.stderr
+    report = yaml.safe_load(path.read_text())
+    assert "no Envoy" in report["interrupted"]
+    assert {t["test"].split("::")[1]: t["outcome"] for t in report["tests"]} == {
+        "test_needs_the_mesh": "error", "test_also_needs_it": "error"}
+    assert all("not run: " in t["reason"] for t in report["tests"])
+    assert "The run stopped early" in path.with_suffix(".md").read_text()
+
+
+def test_deselected_tests_are_not_reported(tmp_path: Path) -> None:
+    process, path = run_fake_suite(tmp_path, "-k", "test_passes or test_skipped")
+    assert process.returncode == 0, process.stdout
+    report = yaml.safe_load(path.read_text())
+    assert report["summary"] == {"passed": 1, "skipped": 1}
+    assert "interrupted" not in report
+
+
+def test_report_is_readable_by_others_and_the_step_summary_has_no_relative_links(tmp_path: Path) -> None:
+    _, path = run_fake_suite(tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert path.with_suffix(".md").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert "](" not in (tmp_path / "summary.md").read_text()
+
+
+def test_an_interrupted_write_leaves_the_old_report_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "report.yaml"
+    target.write_text("old\n")
+
+    with pytest.raises(TypeError):
+        write_text_atomically(target, 42)  # type: ignore[arg-type]
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.yaml"]
+
+
+def shares(share: float, expected: float | None, n: int = 600) -> dict[str, Any]:
+    figures: dict[str, Any] = {"remap_share": share, "remap_share_n": n}
+    if expected is not None:
+        figures["remap_share_expected"] = expected
+    return report([{"test": "t", "outcome": "passed", "features": ["ring-hash"], "figures": figures}])
+
+
+def test_a_share_that_follows_its_own_expectation_is_no_regression() -> None:
+    # Ring hash over other pod addresses: the model predicts 0.44 then 0.56, and each run measures that.
+    # On raw shares Fisher's test would call this a regression; against the expectations it is none.
+    assert compare(shares(0.44, None), shares(0.56, None)).failed
+    result = compare(shares(0.44, 0.44), shares(0.56, 0.56))
+    assert not result.failed, render(result)
+
+
+def test_a_share_that_leaves_its_expectation_is_a_regression() -> None:
+    result = compare(shares(0.50, 0.50), shares(0.62, 0.50))
+    assert result.failed
+    assert "deviation from expected +0.1200" in render(result)
+
+
+def test_rare_events_are_judged_exactly() -> None:
+    # Maglev moves ~0.0001 of sessions between survivors: one session in 600 is not beyond noise, where
+    # a normal approximation (z = 3.8) would nearly call it so; four are.
+    assert not compare(shares(0.0, 0.0001), shares(1 / 600, 0.0001)).failed
+    assert compare(shares(0.0, 0.0001), shares(4 / 600, 0.0001)).failed
+
+
+def test_figures_that_are_not_shares_are_reported_never_judged_and_never_crash() -> None:
+    def figures(**values: Any) -> dict[str, Any]:
+        return report([{"test": "t", "outcome": "passed", "features": ["maglev"], "figures": values}])
+
+    before = figures(ratio=1.2, ratio_n=100, chi2=float("nan"), keys=600)
+    after = figures(ratio=1.5, ratio_n=100, chi2=3.0, keys=700)
+    result = compare(before, after)
+    assert not result.failed
+    assert [(c.figure, bool(c.why_not_judged)) for c in result.unjudged] == [("ratio", True), ("keys", False)]
+    assert "2 figures without a known noise changed (not judged; --all lists them)" in render(result)
+    assert "t keys: 600 -> 700 (+100)" in render(result, show_all=True)
+    assert "<details><summary>2 figures" in render(result, markdown=True)

@@ -23,9 +23,9 @@ def report() -> dict[str, Any]:
     before = {"a": 200, "b": 210, "c": 190}
     after = {"a": 120, "b": 125, "c": 118, "d": 120, "e": 117}
     return {"tests": [
-        test(f"{scaling}[maglev-3to5]", remap_share=0.40, remap_expected=0.401, remap_ideal=0.4,
+        test(f"{scaling}[maglev-3to5]", remap_share=0.40, remap_share_expected=0.401, remap_ideal=0.4,
              per_pod_before=before, per_pod_after=after),
-        test(f"{scaling}[ring-1024-3to5]", remap_share=0.52, remap_expected=0.53, remap_ideal=0.4,
+        test(f"{scaling}[ring-1024-3to5]", remap_share=0.52, remap_share_expected=0.53, remap_ideal=0.4,
              per_pod_before=before, per_pod_after=after),
         test(f"{lb}[least-request]", new_pod_share=0.44, expected_share=0.4375, new_sessions=400),
         test(f"{lb}[round-robin]", new_pod_share=0.25, expected_share=0.25, new_sessions=400),

@@ -89,6 +89,18 @@ def test_kind_matrix_covers_three_istio_minors_with_node_images() -> None:
     legs = job["strategy"]["matrix"]["include"]
     assert len({leg["istio"].rsplit(".", 1)[0] for leg in legs}) >= 3
     assert all(leg["node_image"].startswith("kindest/node:v") for leg in legs)
+    assert all("@sha256:" in leg["node_image"] for leg in legs), "node images by digest, as kind's release notes say"
     kind_setup = next(s for s in steps(job) if s.get("uses", "").startswith("helm/kind-action@"))
     assert kind_setup["with"]["install_only"] is True, "pytest creates the cluster itself"
     assert kind_setup["with"]["version"].startswith("v")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_compare_jobs_take_versions_from_the_legs_not_a_second_list(path: Path) -> None:
+    workflow = load(path)
+    legs = workflow["jobs"][next(name for name in workflow["jobs"] if name != "compare"
+                                 and workflow["jobs"][name].get("strategy"))]["strategy"]["matrix"]
+    versions = legs.get("envoy") or [leg["istio"] for leg in legs["include"]]
+    script = "\n".join(step.get("run", "") for step in steps(workflow["jobs"]["compare"]))
+    assert "fixtures.compare_reports" in script
+    assert not [v for v in versions if v in script], "the matrix is the one place for versions"
