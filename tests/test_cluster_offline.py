@@ -141,7 +141,16 @@ def test_istiod_flag_is_set_by_a_helm_upgrade_with_pilot_env() -> None:
     assert options["wait"] is True
     assert options["namespace"] == "istio-system"
     istio.set_env(PERSISTENT_SESSION_FLAG, None)
-    assert helm.calls[-1][1][2][-1] == {"pilot": {"env": {}}}, "unsetting drops the flag from the values"
+    assert helm.calls[-1][1][2][-1] == {"pilot": {"env": {PERSISTENT_SESSION_FLAG: None}}}, (
+        "unsetting sends null, which Helm deletes, also when previous values are reused")
+
+
+def test_a_foreign_kind_cluster_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(kind, "existing_clusters", lambda binary: ["someone-elses"])
+    lifecycle = kind.KindLifecycle("someone-elses", keep=False, image=None)
+    with pytest.raises(MeshError, match="did not create"):
+        lifecycle.up()
 
 
 def test_install_follows_helmfile_order_with_waits() -> None:
