@@ -13,7 +13,7 @@ ENVOYS       ?= .envoy
 UPGRADE_FROM ?= 1.38.3
 envoy_bin     = $(ENVOYS)/$(1)/envoy/_bin/envoy
 
-.PHONY: e2e test unit lint venv clean upgrade compare
+.PHONY: e2e test unit lint venv clean upgrade compare e2e-istiod istiod-binaries
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+ or pass PYTHON=..." >&2; exit 2; }
@@ -45,6 +45,14 @@ $(ENVOYS)/%/envoy/_bin/envoy: | $(STAMP)
 # The conformance suite on another Envoy release, e.g. make e2e-envoy-1.36.4
 e2e-envoy-%: $(ENVOYS)/%/envoy/_bin/envoy
 	$(BIN)/pytest e2e/ -v --envoy-bin $< $(ARGS)
+
+# The suite against the real control plane: Kubernetes and Istio built from source (cached under
+# ~/.cache/istio-sticky-conformance), istiod and pilot-agent as local processes, no Docker.
+istiod-binaries: $(STAMP)
+	$(BIN)/python -m fixtures.istiod_mesh --build-only $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
+
+e2e-istiod: istiod-binaries
+	$(BIN)/pytest e2e/ -v --mesh istiod $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION)) $(ARGS)
 
 # Live upgrade under established sessions: Envoy $(UPGRADE_FROM) -> the default (1.40.0)
 upgrade: $(call envoy_bin,$(UPGRADE_FROM))

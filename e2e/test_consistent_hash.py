@@ -190,6 +190,7 @@ def addresses(pods: list[Pod]) -> list[str]:
 @pytest.mark.parametrize("step", STEPS, ids=lambda s: f"{s[0]}to{s[1]}")
 @pytest.mark.parametrize("algorithm", with_features(SCALING_ALGORITHMS, "consistent-hash-header",
                                                     lambda a: a.feature))
+@pytest.mark.adds_pods
 def test_scaling_moves_the_predicted_share(algorithm: Algorithm, step: tuple[int, int], mesh: Mesh,
                                            probe: Probe, figures: dict[str, Any]) -> None:
     """The seed's "Test 3": scale and measure the share of sessions whose pod changed.
@@ -234,6 +235,7 @@ def test_scaling_moves_the_predicted_share(algorithm: Algorithm, step: tuple[int
 # -- 5: one pod replaced -------------------------------------------------------------------------------
 @pytest.mark.parametrize("algorithm", with_features(SCALING_ALGORITHMS, "consistent-hash-header",
                                                     lambda a: a.feature))
+@pytest.mark.adds_pods
 def test_pod_replaced_moves_its_sessions(algorithm: Algorithm, mesh: Mesh, probe: Probe,
                                          figures: dict[str, Any]) -> None:
     """Delete one pod (a replacement with a new address comes up): its sessions all move; sessions of

@@ -145,6 +145,7 @@ def test_value_pins_every_request(mode: Mode, mesh: Mesh, probe: Probe, figures:
 
 # -- 4: scaling up ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.adds_pods
 def test_scale_up_keeps_every_session(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """The seed's headline claim, measured: 3 -> 5 pods, 100% of sessions stay on their pod,
     while new sessions do reach the new pods (the scaling really happened)."""
@@ -362,6 +363,7 @@ POLICIES = [
 
 @pytest.mark.feature("least-request", "stateful-header")
 @pytest.mark.parametrize(("manifest", "expected"), POLICIES)
+@pytest.mark.adds_pods
 def test_new_sessions_after_scale_up(manifest: str, expected: float, mesh: Mesh, probe: Probe,
                                      figures: dict[str, Any]) -> None:
     """The seed's "Load Balancing for New Sessions": 3 pods each hold 4 long requests (pinned by their
