@@ -208,9 +208,11 @@ def test_graceful_drain(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str,
     """
     enable(mesh, mode)
     if mode.id == "cookie" and not envoy_at_least(mesh, (1, 40, 0)):
+        # Strict where the update sequence is the translation's own (local mesh); behind a real istiod it
+        # depends on how istiod batches the surge pod's and the drain's endpoint pushes.
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="Envoy < 1.40 ignores a health-only EDS update after a membership change "
-            "(drain bug fixed in 1.40.0): new sessions land on the draining pod"))
+            strict=mesh.name == "local", reason="Envoy < 1.40 ignores a health-only EDS update after a "
+            "membership change (drain bug fixed in 1.40.0): new sessions land on the draining pod"))
     sessions = establish(probe, mode)
     before = placement(sessions)
     victim = Counter(before.values()).most_common(1)[0][0]
