@@ -5,8 +5,12 @@ open (``/?hold=<seconds>``) so tests can load a pod with in-flight requests (LEA
 readiness endpoint (``/healthz``) for the local mesh and for a Kubernetes readiness probe.
 
 Configuration comes from the environment, as the Deployment's downward API provides it:
-POD_NAME, POD_IP, PORT (default 5678), BIND (default: POD_IP) and DRAIN_SECONDS (default 5: how long
-SIGTERM waits for requests being answered; held requests are answered at once).
+POD_NAME, POD_IP, PORT (default 5678), BIND (default: POD_IP), DRAIN_SECONDS (default 5: how long
+SIGTERM waits for requests being answered; held requests are answered at once) and
+SHUTDOWN_LINGER_SECONDS (default 0). With a linger, SIGTERM first fails the readiness endpoint and keeps
+serving until no request has come for a moment (at most the linger): behind Istio's stateful sessions a
+terminating pod's endpoint stays (DRAINING) for the sessions it holds until its readiness fails, so an
+app that closed its listener at SIGTERM would fail those requests until the endpoint leaves.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import signal
 import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-MAX_HOLD_SECONDS = 60.0
+MAX_HOLD_SECONDS = 600.0  # a safety cap: clients end their holds by closing the connection
 DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "5"))
+LINGER_SECONDS = float(os.environ.get("SHUTDOWN_LINGER_SECONDS", "0"))
+QUIET_SECONDS = 0.5  # no request for this long after SIGTERM: the endpoint has left, stop serving
 SHUTTING_DOWN = threading.Event()  # wakes held requests so a terminating pod answers them at once
 
 
@@ -29,16 +36,25 @@ class InFlight:
 
     def __init__(self) -> None:
         self.count = 0
+        self.last_request = time.monotonic()
         self.idle = threading.Condition()
 
     def __enter__(self) -> None:
         with self.idle:
             self.count += 1
+            self.last_request = time.monotonic()
 
     def __exit__(self, *_: object) -> None:
         with self.idle:
             self.count -= 1
             self.idle.notify_all()
+
+    def wait_quiet(self, quiet: float, timeout: float) -> None:
+        """Until no request has started for ``quiet`` seconds, at most ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.idle:
+            while (now := time.monotonic()) < deadline and now - self.last_request < quiet:
+                self.idle.wait(min(quiet - (now - self.last_request), deadline - now))
 
     def wait_idle(self, timeout: float) -> None:
         with self.idle:
@@ -64,7 +80,10 @@ class EchoHandler(BaseHTTPRequestHandler):
     def _get(self) -> None:
         url = urlsplit(self.path)
         if url.path == "/healthz":
-            self._answer(200, b"ok\n")
+            if SHUTTING_DOWN.is_set():
+                self._answer(503, b"shutting down\n")
+            else:
+                self._answer(200, b"ok\n")
             return
         hold = parse_qs(url.query).get("hold")
         if hold:
@@ -126,9 +145,14 @@ def main() -> int:
         print(f"echo_server: cannot listen on {bind}:{port}: {error}", file=sys.stderr)
         return 2
 
+    def linger_then_stop() -> None:
+        if LINGER_SECONDS > 0:
+            IN_FLIGHT.wait_quiet(QUIET_SECONDS, LINGER_SECONDS)
+        server.shutdown()
+
     def stop(_signum: int, _frame: object) -> None:
         SHUTTING_DOWN.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        threading.Thread(target=linger_then_stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -9,6 +9,7 @@ drain, rollouts, the interplay with consistent hash, and hostile values, for bot
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,9 @@ from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh, Pod
 from fixtures.probe import Probe, Reply, Session
 from fixtures.stats import ALPHA, samples_to_see_all, samples_to_see_two, share_interval
 from fixtures.versions import envoy_at_least
+
+# Every test here starts with persistent sessions on in istiod (tests run grouped by istiod environment).
+pytestmark = pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"})
 
 HEADER = "x-session-id"
 COOKIE = "sticky-session"
@@ -83,6 +87,8 @@ def pod_of(mesh: Mesh, reply: Reply) -> Pod:
 
 # -- 1: the flag ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.istiod_env({})  # starts with the flag off, ends with it on
+@pytest.mark.changes_istiod_env
 def test_flag_gates_sessions(mode: Mode, mesh: Mesh, probe: Probe) -> None:
     """Label without the flag: no value is issued and nothing pins (negative control). Flag on: issued."""
     mesh.apply(mode.service)
@@ -378,13 +384,19 @@ def test_new_sessions_after_scale_up(manifest: str, expected: float, mesh: Mesh,
     mesh.apply(manifest)
     busy = [Session(headers={HEADER: session_state.encode_header(pod.address)})
             for pod in mesh.pods() for _ in range(BUSY_PER_POD)]
-    with probe.holding(busy, seconds=30):
+    hold = mesh.timeouts.load_hold
+    started = time.monotonic()
+    with probe.holding(busy, seconds=hold):
         mesh.wait_for_active_requests({pod.address: BUSY_PER_POD for pod in mesh.pods()})
         old = {pod.name for pod in mesh.pods()}
         new = {pod.name for pod in mesh.scale(4)} - old
         sequential = Probe(mesh.gateway_url, timeout=probe.timeout, concurrency=1)
         sessions = [HEADER_MODE.new_session() for _ in range(NEW_SESSIONS)]
         sequential.run(sessions, fresh_connections=True)
+    held = time.monotonic() - started
+    figures["held_seconds"] = round(held, 1)
+    assert held < hold, (f"the held requests ended ({hold:g} s) before the new sessions were placed "
+                         f"({held:.1f} s): the measurement is void; raise --timeout load_hold")
     share = sum(1 for s in sessions if s.last_pod in new) / NEW_SESSIONS
     bound = share_interval(NEW_SESSIONS, expected)
     figures.update(new_sessions=NEW_SESSIONS, new_pod_share=share, new_pod_share_n=NEW_SESSIONS,

@@ -22,7 +22,10 @@ RULES = [None, *sorted(f"destinationrules/{p.name}" for p in (MANIFEST_DIR / "de
 
 
 @pytest.mark.feature("config")
-@pytest.mark.parametrize("flag", ["off", "on"])
+@pytest.mark.parametrize("flag", [
+    pytest.param("off", id="off"),
+    pytest.param("on", id="on", marks=pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"})),
+])
 def test_real_istiod_agrees_with_the_translation(flag: str, mesh: Mesh, figures: dict[str, Any]) -> None:
     if mesh.name == "local":
         pytest.skip("the local mesh's gateway config is the translation itself; run with --mesh istiod")

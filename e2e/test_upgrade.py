@@ -39,12 +39,13 @@ def _stateful(service: str) -> Callable[[Mesh], None]:
     return setup
 
 
+SESSIONS_ON = pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"})
 MECHANISMS = [
     pytest.param(Mechanism("stateful-header", _stateful("services/session-header.yml"),
                            lambda i: Session(keep_header="x-session-id")),
-                 id="stateful-header", marks=pytest.mark.feature("stateful-header")),
+                 id="stateful-header", marks=[pytest.mark.feature("stateful-header"), SESSIONS_ON]),
     pytest.param(Mechanism("stateful-cookie", _stateful("services/session-cookie.yml"), lambda i: Session()),
-                 id="stateful-cookie", marks=pytest.mark.feature("stateful-cookie")),
+                 id="stateful-cookie", marks=[pytest.mark.feature("stateful-cookie"), SESSIONS_ON]),
     pytest.param(Mechanism("hash-ring", lambda mesh: mesh.apply("destinationrules/hash-header.yml"),
                            lambda i: Session(headers={"x-session-id": f"upgrade-{i}"})),
                  id="hash-ring", marks=pytest.mark.feature("consistent-hash-header", "ring-hash")),

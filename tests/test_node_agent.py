@@ -73,7 +73,8 @@ def test_manifest_container_runs_the_repository_echo_app() -> None:
     launch = launch_spec(template_pod(), "127.9.9.9", "node-a")
     assert launch.argv == [sys.executable, str(APP_SOURCE)]
     assert launch.env == {"POD_NAME": "sticky-session-app-abc-12345", "POD_IP": "127.9.9.9", "PORT": "5678",
-                          "BIND": "127.9.9.9"}  # the manifest's 0.0.0.0 would take the port on every address
+                          "BIND": "127.9.9.9",  # the manifest's 0.0.0.0 would take the port on every address
+                          "SHUTDOWN_LINGER_SECONDS": "10"}
     assert launch.probe is not None
     assert (launch.probe.url, launch.probe.period, launch.probe.failure_threshold) == (
         "http://127.9.9.9:5678/healthz", 1.0, 3)
