@@ -1,0 +1,39 @@
+"""Operation counts and the kind-run estimate built from them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fixtures import run_estimate
+from fixtures.local.mesh import LocalMesh
+from fixtures.mesh import COUNTED_OPERATIONS
+
+
+def test_every_counted_operation_is_priced() -> None:
+    assert set(COUNTED_OPERATIONS) <= set(run_estimate.PER_OPERATION)
+
+
+def test_nested_operations_count_once() -> None:
+    calls: list[str] = []
+
+    class Probed(LocalMesh):
+        def apply(self, manifest: Any) -> None:
+            calls.append("apply")
+
+        def reset(self) -> None:
+            self.apply("x")  # an operation made of another counts as itself only
+
+    mesh = Probed.__new__(Probed)
+    mesh.reset()
+    mesh.apply("y")
+    assert calls == ["apply", "apply"]
+    assert mesh.operations == {"reset": 1, "apply": 1}
+
+
+def test_estimate_adds_each_count_at_its_cost() -> None:
+    run = {"istiod_env_changes": 3, "operations": {"scale": 10, "restart_rollout": 2, "unknown": 5}}
+    expected = (run_estimate.FIXED.seconds + 3 * run_estimate.PER_OPERATION["istiod_env_changes"].seconds
+                + 10 * run_estimate.PER_OPERATION["scale"].seconds
+                + 2 * run_estimate.PER_OPERATION["restart_rollout"].seconds)
+    assert run_estimate.estimate_seconds(run) == expected
+    assert run_estimate.breakdown(run)[-1].startswith("estimated kind run:")
