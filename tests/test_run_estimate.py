@@ -32,7 +32,8 @@ def test_nested_operations_count_once() -> None:
 
 def test_estimate_adds_each_count_at_its_cost() -> None:
     run = {"istiod_env_changes": 3, "operations": {"scale": 10, "restart_rollout": 2, "unknown": 5}}
-    expected = (run_estimate.FIXED.seconds + 3 * run_estimate.PER_OPERATION["istiod_env_changes"].seconds
+    expected = (run_estimate.FIXED.seconds + run_estimate.TRAFFIC.seconds
+                + 3 * run_estimate.PER_OPERATION["istiod_env_changes"].seconds
                 + 10 * run_estimate.PER_OPERATION["scale"].seconds
                 + 2 * run_estimate.PER_OPERATION["restart_rollout"].seconds)
     assert run_estimate.estimate_seconds(run) == expected
