@@ -21,14 +21,17 @@ pytest_plugins = ["fixtures.plugin", "fixtures.conformance_report", "fixtures.cl
 def session_mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """The mesh for the whole run: started once, stopped (everything removed) at the end, also on Ctrl-C."""
     from fixtures.conformance_report import MESH_VERSIONS
-    from fixtures.plugin import open_mesh
+    from fixtures.plugin import MESH_KEY, open_mesh
 
     mesh = open_mesh(request.config)
-    from fixtures.plugin import MESH_KEY
-
-    request.config.stash[MESH_VERSIONS] = mesh.versions()
-    request.config.stash[MESH_KEY] = mesh
     try:
+        # Inside the try: a mesh whose versions cannot be read is still closed (the kind cluster deleted).
+        try:
+            request.config.stash[MESH_VERSIONS] = mesh.versions()
+        except Exception as error:
+            pytest.exit(f"cannot read the {mesh.name} mesh's versions: {type(error).__name__}: {error}",
+                        returncode=pytest.ExitCode.USAGE_ERROR)
+        request.config.stash[MESH_KEY] = mesh
         yield mesh
     finally:
         mesh.close()
@@ -45,4 +48,6 @@ def mesh(session_mesh: Mesh) -> Mesh:
 def probe(mesh: Mesh, request: pytest.FixtureRequest) -> Probe:
     from fixtures.plugin import timeouts
 
-    return Probe(mesh.gateway_url, timeout=timeouts(request.config).request)
+    # A cluster run routes its own host (kube_mesh.run_host), which the probe sends as the Host header.
+    return Probe(mesh.gateway_url, timeout=timeouts(request.config).request,
+                 host_header=mesh.gateway_host)

@@ -256,7 +256,7 @@ def test_rollout_restart_moves_every_session_without_errors(mode: Mode, mesh: Me
     errors: list[BaseException] = []
 
     def traffic() -> None:
-        traffic_probe = Probe(mesh.gateway_url, timeout=probe.timeout, concurrency=4)
+        traffic_probe = probe.like(concurrency=4)
         try:
             while not done.is_set():
                 traffic_probe.run(during)
@@ -390,7 +390,7 @@ def test_new_sessions_after_scale_up(manifest: str, expected: float, mesh: Mesh,
         mesh.wait_for_active_requests({pod.address: BUSY_PER_POD for pod in mesh.pods()})
         old = {pod.name for pod in mesh.pods()}
         new = {pod.name for pod in mesh.scale(4)} - old
-        sequential = Probe(mesh.gateway_url, timeout=probe.timeout, concurrency=1)
+        sequential = probe.like(concurrency=1)
         sessions = [HEADER_MODE.new_session() for _ in range(NEW_SESSIONS)]
         sequential.run(sessions, fresh_connections=True)
     held = time.monotonic() - started

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import cel
 import promql_parser
 import pytest
 import yaml
@@ -107,3 +108,55 @@ def test_everything_under_observability_parses() -> None:
         elif path.suffix == ".json":
             json.loads(path.read_text())
     assert Path(DASHBOARD).exists()
+
+
+# -- CEL in Istio Telemetry resources: parsed by a real CEL implementation --------------------------------
+
+
+def cel_expressions() -> list[tuple[str, str]]:
+    """``(where, expression)`` for every CEL expression under observability/: Telemetry tag overrides'
+    ``value`` and access-log filters' ``expression`` (Istio evaluates both with CEL)."""
+    found = []
+    for path in sorted(OBSERVABILITY.rglob("*.y*ml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if not isinstance(document, dict) or document.get("kind") != "Telemetry":
+                continue
+            spec = document.get("spec") or {}
+            for metric in spec.get("metrics") or []:
+                for override in metric.get("overrides") or []:
+                    for tag, change in (override.get("tagOverrides") or {}).items():
+                        if change.get("value"):
+                            found.append((f"{path.name}: tag {tag}", str(change["value"])))
+            for logging in spec.get("accessLogging") or []:
+                expression = (logging.get("filter") or {}).get("expression")
+                if expression:
+                    found.append((f"{path.name}: access log filter", str(expression)))
+    return found
+
+
+def test_there_are_cel_expressions() -> None:
+    assert [where for where, _ in cel_expressions()] == ["telemetry-session-tag.yml: tag has_session"]
+
+
+@pytest.mark.parametrize(("where", "expression"), cel_expressions())
+def test_every_cel_expression_parses(where: str, expression: str) -> None:
+    """cel-go and cel-cpp (Istio's) refuse ``has()`` on anything but a field selection; so does this parser,
+    and Istio then drops the tag without an error anyone sees."""
+    cel.compile(expression)
+
+
+def test_cel_has_on_a_map_index_is_rejected() -> None:
+    """The check can fail: the tag as it was written before (has() on request.headers['...'])."""
+    with pytest.raises(ValueError, match=r"invalid argument to has\(\) macro"):
+        cel.compile("has(request.headers['x-session-id']) ? 'true' : 'false'")
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({}, "false"),
+    ({"x-session-id": "MTAuMC4wLjU6NTY3OA=="}, "true"),
+    ({"cookie": "theme=dark; sticky-session=\"abc\""}, "true"),
+    ({"cookie": "theme=dark"}, "false"),
+])
+def test_the_session_tag_says_whether_a_request_carries_a_session(headers: dict[str, str], expected: str) -> None:
+    (_, expression), = cel_expressions()
+    assert cel.evaluate(expression, {"request": {"headers": headers}}) == expected

