@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from scipy import stats as scipy_stats
 
-from fixtures import hashmodel
 from fixtures.affinity import assert_not_sticky, assert_sticky, movement, placement
+from fixtures.hash_algorithms import ALGORITHMS, Algorithm
 from fixtures.hash_shares import exact_remap
 from fixtures.mesh import Mesh, Pod
 from fixtures.probe import Probe, Session
@@ -122,28 +122,7 @@ def test_stickiness_check_catches_a_broken_rule(mesh: Mesh, probe: Probe) -> Non
         assert_sticky(sessions, "rule on the wrong header")
 
 
-# -- 3: spread and evenness, per algorithm -------------------------------------------------------------
-@dataclass(frozen=True)
-class Algorithm:
-    id: str
-    manifest: str
-    feature: str
-    build: Callable[[list[str]], hashmodel.HashModel]
-    ring_points: int | None  # hash points on the ring (None: maglev's table is split evenly)
-
-
-ALGORITHMS = [
-    Algorithm("ring-1024", "destinationrules/hash-header.yml", "ring-hash",
-              lambda addresses: hashmodel.RingHash(addresses, minimum_ring_size=1024), 1024),
-    Algorithm("ring-10240", "destinationrules/hash-header-ring-10240.yml", "ring-hash",
-              lambda addresses: hashmodel.RingHash(addresses, minimum_ring_size=10240), 10240),
-    Algorithm("ring-deprecated-field", "destinationrules/hash-header-deprecated-ring-size.yml", "ring-hash",
-              lambda addresses: hashmodel.RingHash(addresses, minimum_ring_size=10240), 10240),
-    Algorithm("maglev", "destinationrules/hash-header-maglev.yml", "maglev",
-              lambda addresses: hashmodel.Maglev(addresses, table_size=65537), None),
-]
-
-
+# -- 3: spread and evenness, per algorithm (fixtures/hash_algorithms.py) ----------------------------------
 def establish(probe: Probe, keys: list[str]) -> list[Session]:
     sessions = [Session(headers={HEADER: key}) for key in keys]
     probe.run(sessions)

@@ -13,14 +13,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from fixtures import hashmodel, session_state
+from fixtures import session_state
 from fixtures.affinity import assert_not_sticky, assert_sticky
+from fixtures.hash_algorithms import Algorithm, algorithm
 from fixtures.hash_owners import owned_shares
 from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh
 from fixtures.probe import Probe, Session
@@ -32,20 +31,7 @@ DEAD_POD_KEYS = 600  # keys per dead-pod check: +-0.07 at alpha 1e-4 around a sh
 RETRIED_REQUESTS = 300  # sequential requests of the no-hash dead-pod check
 
 
-@dataclass(frozen=True)
-class HashRule:
-    id: str
-    manifest: str
-    feature: str
-    build: Callable[[list[str]], hashmodel.HashModel]
-
-
-HASH_RULES = [
-    HashRule("ring-1024", "destinationrules/hash-header.yml", "ring-hash",
-             lambda addresses: hashmodel.RingHash(addresses, minimum_ring_size=1024)),
-    HashRule("maglev", "destinationrules/hash-header-maglev.yml", "maglev",
-             lambda addresses: hashmodel.Maglev(addresses, table_size=65537)),
-]
+HASH_RULES = [algorithm("ring-1024"), algorithm("maglev")]
 
 
 def require_pod_kill(mesh: Mesh) -> None:
@@ -67,7 +53,7 @@ def kill(mesh: Mesh, name: str) -> None:
     pytest.param(rule, id=rule.id, marks=pytest.mark.feature("consistent-hash-header", rule.feature))
     for rule in HASH_RULES
 ])
-def test_dead_pod_keys_fail_and_do_not_move(rule: HashRule, mesh: Mesh, probe: Probe,
+def test_dead_pod_keys_fail_and_do_not_move(rule: Algorithm, mesh: Mesh, probe: Probe,
                                             figures: dict[str, Any]) -> None:
     """A pod's process dies while its endpoint is still ready: every key on it fails with 503, no key
     moves, and the keys of the other pods keep their pods.

@@ -86,22 +86,6 @@ def charts() -> Path:
     return found
 
 
-@pytest.fixture(scope="module")
-def control_plane() -> Iterator[Any]:
-    from tests.test_node_agent import missing_binaries
-
-    reason = missing_binaries()
-    if reason:
-        pytest.skip(reason)
-    from fixtures.istiod_mesh.control_plane import KubeControlPlane
-
-    plane = KubeControlPlane(Timeouts()).start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
-
-
 def render_istiod(helm: Path, charts: Path, values: dict[str, Any]) -> dict[str, str]:
     """istiod's container env as Helm renders Istio's istiod chart with these values."""
     from pyhelm3 import Client

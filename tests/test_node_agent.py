@@ -349,32 +349,7 @@ def test_stop_twice_leaves_nothing(fake_agent: tuple[NodeAgent, FakeCore]) -> No
 # -- against a real kube-apiserver and kube-controller-manager --------------------------------------
 
 
-def missing_binaries() -> str | None:
-    """Why the control plane cannot start without a Go build, or None when its binaries are cached."""
-    from fixtures.istiod_mesh import build
-    from fixtures.istiod_mesh.control_plane import ETCD_VERSION, KUBERNETES_VERSION
-
-    for component in (build.kubernetes(KUBERNETES_VERSION), build.etcd(ETCD_VERSION)):
-        directory = build.cache_root() / "bin" / component.key
-        if not (directory / ".complete").exists() or not all(
-                (directory / name).exists() for name in component.binary_names()):
-            return (f"{component.name} {component.version} is not built in {directory}: build it with "
-                    f"`python -m fixtures.istiod_mesh --build-only` (these tests never start a Go build)")
-    return None
-
-
-@pytest.fixture(scope="module")
-def control_plane() -> Iterator[Any]:
-    reason = missing_binaries()
-    if reason:
-        pytest.skip(reason)
-    from fixtures.istiod_mesh.control_plane import KubeControlPlane
-
-    plane = KubeControlPlane(Timeouts()).start()
-    try:
-        yield plane
-    finally:
-        plane.stop()
+# (the control_plane fixture: tests/conftest.py)
 
 
 class Cluster:
