@@ -60,7 +60,7 @@ upgrade: $(call envoy_bin,$(UPGRADE_FROM))
 
 # The upgrade gate: make compare BEFORE=reports/a.yaml AFTER=reports/b.yaml (non-zero on a regression)
 compare: $(STAMP)
-	$(BIN)/python -m fixtures.compare_reports $(BEFORE) $(AFTER)
+	$(BIN)/python -m fixtures.report.gate $(BEFORE) $(AFTER)
 
 clean:
 	rm -rf $(VENV) $(ENVOYS) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -14,14 +14,14 @@ from fixtures.mesh import Mesh
 from fixtures.probe import Probe
 
 # Options, features and figures live in the plugin; imported by name so pytest can rewrite its asserts.
-pytest_plugins = ["fixtures.plugin", "fixtures.conformance_report", "fixtures.cluster.plugin"]
+pytest_plugins = ["fixtures.plugin", "fixtures.report.writer", "fixtures.cluster.plugin"]
 
 
 @pytest.fixture(scope="session")
 def session_mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """The mesh for the whole run: started once, stopped (everything removed) at the end, also on Ctrl-C."""
-    from fixtures.conformance_report import MESH_VERSIONS
     from fixtures.plugin import MESH_KEY, open_mesh
+    from fixtures.report.writer import MESH_VERSIONS
 
     mesh = open_mesh(request.config)
     try:

@@ -17,8 +17,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from fixtures.affinity import assert_not_sticky, assert_sticky, movement, placement
-from fixtures.hash_algorithms import ALGORITHMS, Algorithm
-from fixtures.hash_shares import exact_remap
+from fixtures.hashing.algorithms import ALGORITHMS, Algorithm
+from fixtures.hashing.shares import exact_remap
 from fixtures.mesh import Mesh, Pod
 from fixtures.probe import Probe, Session
 from fixtures.stats import ALPHA, evenness, samples_to_see_two, share_interval
@@ -122,7 +122,7 @@ def test_stickiness_check_catches_a_broken_rule(mesh: Mesh, probe: Probe) -> Non
         assert_sticky(sessions, "rule on the wrong header")
 
 
-# -- 3: spread and evenness, per algorithm (fixtures/hash_algorithms.py) ----------------------------------
+# -- 3: spread and evenness, per algorithm (fixtures/hashing/algorithms.py) ----------------------------------
 def establish(probe: Probe, keys: list[str]) -> list[Session]:
     sessions = [Session(headers={HEADER: key}) for key in keys]
     probe.run(sessions)

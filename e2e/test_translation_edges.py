@@ -19,8 +19,8 @@ import pytest
 
 from fixtures import session_state
 from fixtures.affinity import assert_not_sticky, assert_sticky
-from fixtures.hash_algorithms import Algorithm, algorithm
-from fixtures.hash_owners import owned_shares
+from fixtures.hashing.algorithms import Algorithm, algorithm
+from fixtures.hashing.owners import owned_shares
 from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh
 from fixtures.probe import Probe, Session
 from fixtures.stats import ALPHA, binomial_acceptance, samples_to_see_all, samples_to_see_two, share_interval

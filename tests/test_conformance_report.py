@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from fixtures.compare_reports import compare, main, render
-from fixtures.conformance_report import dump, write_text_atomically
 from fixtures.manifests import PROJECT_ROOT
+from fixtures.report.gate import compare, main, render
+from fixtures.report.writer import dump, write_text_atomically
 
 FAKE_SUITE = '''
 import pytest
@@ -49,7 +49,7 @@ def run_fake_suite(tmp_path: Path, *args: str,
     summary = tmp_path / "summary.md"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "GITHUB_STEP_SUMMARY": str(summary)}
     process = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "fixtures.plugin", "-p", "fixtures.conformance_report",
+        [sys.executable, "-m", "pytest", "-p", "fixtures.plugin", "-p", "fixtures.report.writer",
          "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--report", str(report), "e2e", *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
     )

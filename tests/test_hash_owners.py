@@ -1,4 +1,4 @@
-"""``fixtures.hash_owners``: each host's exact share of the hash space, against the model's own picks."""
+"""``fixtures.hashing.owners``: each host's exact share of the hash space, against the model's own picks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from fixtures.hash_owners import owned_shares
-from fixtures.hashmodel import HashModel, Maglev, RingHash
+from fixtures.hashing.model import HashModel, Maglev, RingHash
+from fixtures.hashing.owners import owned_shares
 from fixtures.stats import share_interval
 
 HOSTS = [f"127.0.10.{octet}:5678" for octet in (1, 2, 3)]

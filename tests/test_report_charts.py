@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fixtures.report_charts import render_charts
+from fixtures.report.charts import render_charts
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fixtures import run_estimate
 from fixtures.local.mesh import LocalMesh
 from fixtures.mesh import COUNTED_OPERATIONS
+from fixtures.report import estimate as run_estimate
 
 
 def test_every_counted_operation_is_priced() -> None:

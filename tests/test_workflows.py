@@ -154,5 +154,5 @@ def test_compare_jobs_take_versions_from_the_legs_not_a_second_list(path: Path) 
                                  and workflow["jobs"][name].get("strategy"))]["strategy"]["matrix"]
     versions = legs.get("envoy") or [leg["istio"] for leg in legs["include"]]
     script = "\n".join(step.get("run", "") for step in steps(workflow["jobs"]["compare"]))
-    assert "fixtures.compare_reports" in script
+    assert "fixtures.report.gate" in script
     assert not [v for v in versions if v in script], "the matrix is the one place for versions"
