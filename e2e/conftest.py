@@ -4,7 +4,8 @@
   on a cluster, a restart on the istiod mesh) changes only between groups, not between tests.
 - ``changes_istiod_env``: the test itself changes istiod's environment (the flag gates); it runs at the
   end of its starting group, right before the group that starts where it ends.
-- ``adds_pods``: a version-dependent truth (new pods may starve on some data planes).
+- ``adds_pods``: the test needs traffic to reach pods it adds; where the data plane may starve new pods
+  (``fixtures.verdicts`` NEW_POD_STARVATION) its verdict is that known defect, whether or not it shows.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from typing import Any
 import pytest
 
 from fixtures.mesh import Mesh, MeshError
-from fixtures.versions import new_pods_may_starve
+from fixtures.verdicts import NEW_POD_STARVATION, exposed_to, unsupported
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "adds_pods: the test needs traffic to reach pods it adds (scale-up, "
-                            "replacement); an expected failure where the data plane may starve new pods")
+                            "replacement); a known defect where the data plane may starve new pods")
     config.addinivalue_line("markers", "istiod_env(env): the istiod environment (a dict of flags) the test "
                             "starts with; tests run grouped by it")
     config.addinivalue_line("markers", "changes_istiod_env: the test changes istiod's environment itself")
@@ -53,7 +54,7 @@ def _istiod_env(request: pytest.FixtureRequest) -> None:
     if {**mesh.baseline_istiod_env, **env} == mesh.istiod_env:
         return
     if not mesh.capabilities.can_set_istiod_env:
-        pytest.skip(mesh.capabilities.reason_no_istiod_env or f"this test needs istiod with {env}")
+        unsupported(mesh.capabilities.reason_no_istiod_env or f"this test needs istiod with {env}")
     try:
         mesh.use_istiod_env(env)
     except MeshError as error:
@@ -63,11 +64,9 @@ def _istiod_env(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(autouse=True)
 def _new_pod_starvation(request: pytest.FixtureRequest) -> None:
     """On Envoy < 1.40 behind an istiod that sends starting pods as UNHEALTHY endpoints (Istio 1.31+),
-    new pods may never get traffic: such a test is an expected failure there, with the reason in the
-    report. Not strict: whether Envoy drops the update depends on how istiod batches its pushes."""
+    new pods may never get traffic, depending on how istiod batches its pushes: a test adding pods there
+    gets the verdict of that known defect, shown or not (its own figure is measured by
+    ``test_added_pods_get_traffic``)."""
     if request.node.get_closest_marker("adds_pods") is None:
         return
-    mesh: Mesh = request.getfixturevalue("mesh")
-    reason = new_pods_may_starve(mesh)
-    if reason:
-        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))
+    exposed_to(request.node, request.getfixturevalue("mesh"), NEW_POD_STARVATION)

@@ -22,6 +22,7 @@ from fixtures.hashing.shares import exact_remap
 from fixtures.mesh import Mesh, Pod
 from fixtures.probe import Probe, Session
 from fixtures.stats import ALPHA, evenness, samples_to_see_two, share_interval
+from fixtures.verdicts import unsupported
 
 HEADER = "x-session-id"
 STICKY_SESSIONS = 100  # sessions per stickiness check; each is pinned deterministically, no statistics
@@ -99,7 +100,7 @@ def test_source_ip_pins_clients(mesh: Mesh, probe: Probe, figures: dict[str, Any
     """useSourceIp: each client address sticks to one pod; one address roams without the rule."""
     addresses = mesh.capabilities.client_source_addresses
     if len(addresses) < 2:
-        pytest.skip(f"the {mesh.name} mesh cannot present distinct client source addresses to the gateway")
+        unsupported(f"the {mesh.name} mesh cannot present distinct client source addresses to the gateway")
     roaming = Session(source_ip=addresses[0])
     probe.run([roaming], rounds=control_requests(mesh), fresh_connections=True)
     assert_not_sticky(roaming, "one source address before the DestinationRule")

@@ -17,6 +17,7 @@ from fixtures.mesh import Mesh
 from fixtures.probe import Probe, Session
 from fixtures.stats import ALPHA, samples_to_see_all
 from fixtures.timeouts import poll
+from fixtures.verdicts import unsupported
 
 REQUESTS_STICKY = 50
 
@@ -41,7 +42,7 @@ def assert_metrics_match(mesh: Mesh, before: dict[str, int], observed: Counter[s
 @pytest.fixture
 def metrics_mesh(mesh: Mesh) -> Mesh:
     if not mesh.capabilities.metrics_source:
-        pytest.skip(f"the {mesh.name} mesh has no metrics pipeline (kind: --monitoring installs one)")
+        unsupported(f"the {mesh.name} mesh has no metrics pipeline (kind: --monitoring installs one)")
     return mesh
 
 

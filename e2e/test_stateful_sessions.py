@@ -22,7 +22,7 @@ from fixtures.affinity import assert_not_sticky, assert_sticky, placement
 from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh, Pod
 from fixtures.probe import Probe, Reply, Session
 from fixtures.stats import ALPHA, samples_to_see_all, samples_to_see_two, share_interval
-from fixtures.versions import envoy_at_least
+from fixtures.verdicts import HEALTH_ONLY_UPDATE, exposed_to, unsupported
 
 # Every test here starts with persistent sessions on in istiod (tests run grouped by istiod environment).
 pytestmark = pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"})
@@ -66,7 +66,7 @@ MODES = [pytest.param(m, id=m.id, marks=pytest.mark.feature(m.feature)) for m in
 
 def enable(mesh: Mesh, mode: Mode) -> None:
     if not mesh.capabilities.can_set_istiod_env:
-        pytest.skip(mesh.capabilities.reason_no_istiod_env)
+        unsupported(mesh.capabilities.reason_no_istiod_env)
     mesh.apply(mode.service)
     mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
 
@@ -107,7 +107,7 @@ def test_seed_cookie_label_enables_nothing(mesh: Mesh, probe: Probe) -> None:
     ``istio.io/persistent-session`` (PILOT_PERSISTENT_SESSION_LABEL). With the seed's label and the flag
     on, no cookie is issued and a client is not pinned: following the seed gives no sessions at all."""
     if not mesh.capabilities.can_set_istiod_env:
-        pytest.skip(mesh.capabilities.reason_no_istiod_env)
+        unsupported(mesh.capabilities.reason_no_istiod_env)
     mesh.apply("services/session-seed-cookie-label.yml")
     mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
     client = Session()
@@ -213,12 +213,10 @@ def test_graceful_drain(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str,
     those versions, not hidden by a looser check.
     """
     enable(mesh, mode)
-    if mode.id == "cookie" and not envoy_at_least(mesh, (1, 40, 0)):
-        # Strict where the update sequence is the translation's own (local mesh); behind a real istiod it
-        # depends on how istiod batches the surge pod's and the drain's endpoint pushes.
-        request.applymarker(pytest.mark.xfail(
-            strict=mesh.name == "local", reason="Envoy < 1.40 ignores a health-only EDS update after a "
-            "membership change (drain bug fixed in 1.40.0): new sessions land on the draining pod"))
+    if mode.id == "cookie":
+        # Deterministic where the update sequence is the translation's own (local mesh); behind a real
+        # istiod it depends on how istiod batches the surge pod's and the drain's endpoint pushes.
+        exposed_to(request.node, mesh, HEALTH_ONLY_UPDATE)
     sessions = establish(probe, mode)
     before = placement(sessions)
     victim = Counter(before.values()).most_common(1)[0][0]

@@ -24,6 +24,7 @@ from fixtures.hashing.owners import owned_shares
 from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh
 from fixtures.probe import Probe, Session
 from fixtures.stats import ALPHA, binomial_acceptance, samples_to_see_all, samples_to_see_two, share_interval
+from fixtures.verdicts import unsupported
 
 HEADER = "x-session-id"  # the hash key of the header rules, and the header label's session header
 COOKIE = "sticky-session"  # the cookie label's session cookie
@@ -37,7 +38,7 @@ HASH_RULES = [algorithm("ring-1024"), algorithm("maglev")]
 def require_pod_kill(mesh: Mesh) -> None:
     """Skip (with the reason) on a mesh that cannot kill a pod's process behind the control plane's back."""
     if type(mesh).kill_pod_process is Mesh.kill_pod_process:
-        pytest.skip(f"the {mesh.name} mesh cannot kill a pod's process while its endpoint stays ready "
+        unsupported(f"the {mesh.name} mesh cannot kill a pod's process while its endpoint stays ready "
                     "(only the local mesh can; on a cluster the kubelet restarts the container)")
 
 
@@ -45,7 +46,7 @@ def kill(mesh: Mesh, name: str) -> None:
     try:
         mesh.kill_pod_process(name)
     except NotImplementedError as error:
-        pytest.skip(str(error))
+        unsupported(str(error))
 
 
 # -- a dead pod behind a consistent hash ----------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_both_session_labels_cookie_wins(mesh: Mesh, probe: Probe, figures: dict
     get the cookie and no header; a header value naming a pod pins nothing (the negative side); a cookie
     naming one pod wins over a header naming another."""
     if not mesh.capabilities.can_set_istiod_env:
-        pytest.skip(mesh.capabilities.reason_no_istiod_env)
+        unsupported(mesh.capabilities.reason_no_istiod_env)
     mesh.apply("services/session-both-labels.yml")
     mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
     pods = mesh.pods()

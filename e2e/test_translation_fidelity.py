@@ -16,6 +16,7 @@ import pytest
 
 from fixtures.manifests import MANIFEST_DIR
 from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh
+from fixtures.verdicts import unsupported
 
 SERVICES = ["02-service.yml", *sorted(f"services/{p.name}" for p in (MANIFEST_DIR / "services").glob("*.yml"))]
 RULES = [None, *sorted(f"destinationrules/{p.name}" for p in (MANIFEST_DIR / "destinationrules").glob("*.yml"))]
@@ -28,10 +29,10 @@ RULES = [None, *sorted(f"destinationrules/{p.name}" for p in (MANIFEST_DIR / "de
 ])
 def test_real_istiod_agrees_with_the_translation(flag: str, mesh: Mesh, figures: dict[str, Any]) -> None:
     if mesh.name == "local":
-        pytest.skip("the local mesh's gateway config is the translation itself; run with --mesh istiod")
+        unsupported("the local mesh's gateway config is the translation itself; run with --mesh istiod")
     if flag == "on":
         if not mesh.capabilities.can_set_istiod_env:
-            pytest.skip(mesh.capabilities.reason_no_istiod_env)
+            unsupported(mesh.capabilities.reason_no_istiod_env)
         mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
     checked = []
     for service in SERVICES:

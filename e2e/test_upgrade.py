@@ -18,6 +18,7 @@ from fixtures import session_state
 from fixtures.affinity import assert_sticky, placement
 from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh
 from fixtures.probe import Probe, Session
+from fixtures.verdicts import excluded, unsupported
 from fixtures.versions import parse
 
 SESSIONS = 200
@@ -33,7 +34,7 @@ class Mechanism:
 def _stateful(service: str) -> Callable[[Mesh], None]:
     def setup(mesh: Mesh) -> None:
         if not mesh.capabilities.can_set_istiod_env:
-            pytest.skip(mesh.capabilities.reason_no_istiod_env)
+            unsupported(mesh.capabilities.reason_no_istiod_env)
         mesh.apply(service)
         mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
     return setup
@@ -60,7 +61,7 @@ def upgrade_target(request: pytest.FixtureRequest, session_mesh: Mesh) -> Iterat
     """The data plane to upgrade to; the mesh returns to where it started afterwards."""
     target = request.config.getoption("--upgrade-to")
     if not target:
-        pytest.skip("live upgrade needs --upgrade-to (local: an Envoy binary; kind: an Istio version)")
+        excluded("live upgrade needs --upgrade-to (local: an Envoy binary; kind: an Istio version)")
     original = session_mesh.data_plane_target
     yield str(target)
     session_mesh.upgrade_data_plane(original)
@@ -103,7 +104,7 @@ def test_ttl_cookie_clock_across_the_upgrade(mesh: Mesh, probe: Probe, upgrade_t
     expiry A writes for a 3600 s TTL, on A's clock, and the test checks what B makes of it.
     """
     if mesh.name != "local":
-        pytest.skip("needs the gateway host's boot clock, which only the local mesh shares with the test")
+        unsupported("needs the gateway host's boot clock, which only the local mesh shares with the test")
     _stateful("services/session-cookie.yml")(mesh)
     sessions = [Session() for _ in range(SESSIONS // 2)]
     probe.run(sessions)
