@@ -310,7 +310,8 @@ def test_a_known_defect_gives_one_verdict_whether_or_not_it_shows(tmp_path: Path
     assert process.stdout.count("XFAIL") == 3, process.stdout
     assert "test_defect_did_not_show XFAIL" in process.stdout
     markdown = path.with_suffix(".md").read_text()
-    assert "- `coin`: an upstream bug that shows by chance. Upstream: upstream#1. 2 tests exposed, shown in 1" in markdown
+    assert ("- `coin`: an upstream bug that shows by chance. Upstream: upstream#1. 2 tests exposed, shown in 1"
+            in markdown)
     assert "Known upstream defects met" in markdown
 
 
