@@ -27,7 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 MAX_HOLD_SECONDS = 600.0  # a safety cap: clients end their holds by closing the connection
 DRAIN_SECONDS = float(os.environ.get("DRAIN_SECONDS", "5"))
 LINGER_SECONDS = float(os.environ.get("SHUTDOWN_LINGER_SECONDS", "0"))
-QUIET_SECONDS = 0.5  # no request for this long after SIGTERM: the endpoint has left, stop serving
+# No request for this long after SIGTERM: the endpoint has left, stop serving.
+QUIET_SECONDS = float(os.environ.get("SHUTDOWN_QUIET_SECONDS", "0.5"))
 SHUTTING_DOWN = threading.Event()  # wakes held requests so a terminating pod answers them at once
 
 
