@@ -38,3 +38,23 @@ def test_estimate_adds_each_count_at_its_cost() -> None:
                 + 2 * run_estimate.PER_OPERATION["restart_rollout"].seconds)
     assert run_estimate.estimate_seconds(run) == expected
     assert run_estimate.breakdown(run)[-1].startswith("estimated kind run:")
+
+
+def test_operation_time_is_the_outermost_operations(monkeypatch: Any) -> None:
+    """A reset that applies inside is timed as a reset only; the estimate is calibrated on these seconds."""
+    import fixtures.mesh as mesh_module
+
+    ticks = iter([0.0, 1.0, 4.0, 10.0, 12.0])  # reset starts, its apply starts, reset ends; an apply: 10 -> 12
+    monkeypatch.setattr(mesh_module.time, "monotonic", lambda: next(ticks))
+
+    class Probed(LocalMesh):
+        def apply(self, manifest: Any) -> None:
+            pass
+
+        def reset(self) -> None:
+            self.apply("x")
+
+    mesh = Probed.__new__(Probed)
+    mesh.reset()
+    mesh.apply("y")
+    assert dict(mesh.operation_seconds) == {"reset": 4.0, "apply": 2.0}
