@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,7 @@ def test_start_lines_show_while_the_mesh_fixture_runs(tmp_path: Path) -> None:
         "import pytest\nfrom fixtures.cluster.plugin import progress\n\n"
         "@pytest.fixture(scope='session')\ndef started(request):\n    progress(request.config, 'start line')\n\n"
         "def test_uses_it(started):\n    pass\n")
-    result = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "pytest"), "-q", "-p", "no:cacheprovider",
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              "--rootdir", str(tmp_path), "-c", os.devnull, "-p", "fixtures.plugin", "-p",
                              "fixtures.cluster.plugin", str(tmp_path / "test_start.py")],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=120)
