@@ -63,10 +63,11 @@ def test_operation_time_is_the_outermost_operations(monkeypatch: Any) -> None:
 def test_calibration_reads_seconds_per_operation_from_a_measured_run() -> None:
     run = {"istiod_env_changes": 2, "operations": {"scale": 4, "apply": 0},
            "operation_seconds": {"scale": 40.0, "istiod_env_changes": 60.0},
-           "setup_seconds": {"kind_create": 50.0, "install_istio": 70.0, "app_start": 30.0}, "mesh_seconds": 500.0}
+           "setup_seconds": {"kind_create": 50.0, "install_istio": 70.0, "app_start": 30.0}, "close_seconds": 50.0,
+           "mesh_seconds": 500.0}
     assert run_estimate.calibration(run) == [
-        "fixed set-up: 150 s (kind_create 50 s, install_istio 70 s, app_start 30 s)",
+        "fixed set-up and close: 200 s (kind_create 50 s, install_istio 70 s, app_start 30 s, close 50 s)",
         "istiod_env_changes: 60 s / 2 = 30.0 s each",
         "scale: 40 s / 4 = 10.0 s each",
-        "traffic and everything else: 250 s of the mesh's 500 s",
+        "traffic and everything else: 200 s of the mesh's 500 s",
     ]
