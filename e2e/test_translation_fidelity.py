@@ -29,7 +29,7 @@ RULES = [None, *sorted(f"destinationrules/{p.name}" for p in (MANIFEST_DIR / "de
 ])
 def test_real_istiod_agrees_with_the_translation(flag: str, mesh: Mesh, figures: dict[str, Any]) -> None:
     if mesh.name == "local":
-        unsupported("the local mesh's gateway config is the translation itself; run with --mesh istiod")
+        unsupported("the local mesh's gateway config is the translation itself; run with --mesh istiod or kind")
     if flag == "on":
         if not mesh.capabilities.can_set_istiod_env:
             unsupported(mesh.capabilities.reason_no_istiod_env)

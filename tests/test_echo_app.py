@@ -19,7 +19,6 @@ import pytest
 from fixtures.manifests import APP_SOURCE
 from fixtures.timeouts import poll
 
-
 # The app's quiet period in these tests: long enough that a loaded machine's scheduling delays (seconds at a
 # load of 10 on 2 cores) never look like the end of the traffic.
 QUIET = 3.0

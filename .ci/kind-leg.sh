@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The kind leg: the e2e suite on a real kind cluster with real Istio (`make e2e-kind`, called by .ci/run).
+#
+# On the project's machines there is no image registry: ../shared/kind-offline (KIND_OFFLINE_DIR overrides
+# the path) builds and starts everything a kind cluster with Istio needs (dockerd, a node image with every
+# image pre-loaded, Istio's charts on a loopback Helm repository). This script starts it with up.sh, runs the
+# suite with options only (node image, chart repository, Istio version, the upstream-Envoy istiod values;
+# no tracked file is edited), and stops it with down.sh, also on failure or Ctrl-C, but only when this
+# script started dockerd: a dockerd that already answered belongs to someone else, who stops it.
+# Where the folder is absent (a user's clone) the leg says so in one line and is not run.
+# Extra arguments go to pytest ($KIND_LEG_PYTEST, default the venv's).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+offline=${KIND_OFFLINE_DIR:-../shared/kind-offline}
+if [[ ! -x $offline/up.sh ]]; then
+  echo "kind leg: not run ($offline/up.sh not found; it exists only on the project's machines, set KIND_OFFLINE_DIR to use another copy)"
+  exit 0
+fi
+offline=$(cd "$offline" && pwd)
+started=$SECONDS
+
+# Whether dockerd answers on the socket kind-offline uses, before anything is started.
+socket_env=$("$offline/up.sh" --env | grep '^export DOCKER_HOST=')
+eval "$socket_env"
+if timeout 20 docker info >/dev/null 2>&1; then
+  echo "kind leg: dockerd already answers on $DOCKER_HOST: it is left running at the end"
+else
+  echo "kind leg: dockerd not running on $DOCKER_HOST: this leg starts it and stops it at the end ($offline/down.sh)"
+  stop() {
+    local status=$?
+    trap - EXIT INT TERM
+    "$offline/down.sh" || status=1
+    exit "$status"
+  }
+  trap stop EXIT
+  trap 'exit 130' INT TERM
+fi
+
+echo "kind leg: $offline/up.sh (builds what is missing, starts dockerd and the chart repository)"
+exports=$("$offline/up.sh")
+eval "$exports"
+echo "kind leg: up.sh done in $((SECONDS - started)) s; node image $KIND_OFFLINE_NODE_IMAGE, charts $KIND_OFFLINE_CHART_REPO, Istio $KIND_OFFLINE_ISTIO_VERSION"
+
+suite=$SECONDS
+status=0
+"${KIND_LEG_PYTEST:-.venv/bin/pytest}" e2e/ -v --mesh kind --cluster-name sticky-kind-leg \
+  --kind-image "$KIND_OFFLINE_NODE_IMAGE" \
+  --istio-version "$KIND_OFFLINE_ISTIO_VERSION" \
+  --istio-chart-repo "$KIND_OFFLINE_CHART_REPO" \
+  --istio-values "istiod=$KIND_OFFLINE_ISTIOD_VALUES" \
+  "$@" || status=$?
+echo "kind leg: suite finished in $((SECONDS - suite)) s (pytest exit $status); leg $((SECONDS - started)) s"
+exit "$status"
