@@ -7,6 +7,7 @@ import random
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,47 @@ def test_gateway_service_answers_on_its_http2_port() -> None:
     assert service["spec"]["allocateLoadBalancerNodePorts"] is False
     with pytest.raises(MeshError, match="no http2 port"):
         gateway_service({"spec": {"ports": [{"name": "http", "port": 80}]}}, 1, 2)
+
+
+# -- istiod as a Deployment --------------------------------------------------------------------------
+def _istiod_pod(name: str, created: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "istio-system", "uid": f"uid-{name}", "creationTimestamp": created},
+            "spec": {"serviceAccountName": "istiod", "containers": [{
+                "name": "discovery", "image": "istio/pilot",
+                "env": [{"name": "PILOT_ENABLE_PERSISTENT_SESSION_FILTER", "value": "true"},
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "SERVICE_ACCOUNT",
+                         "valueFrom": {"fieldRef": {"fieldPath": "spec.serviceAccountName"}}},
+                        {"name": "GOMAXPROCS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu",
+                                                                                  "divisor": "1"}}},
+                        {"name": "MEMORY_MI", "valueFrom": {"resourceFieldRef": {"resource": "requests.memory",
+                                                                                 "divisor": "1Mi"}}}],
+                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}}}]}}
+
+
+def test_istiod_runs_with_exactly_its_pods_environment() -> None:
+    from fixtures.istiod_mesh.istiod_pods import discovery_container, node_capacity, pod_env
+
+    pod = _istiod_pod("istiod-abc", "2026-12-03T13:00:00Z")
+    env = pod_env(pod, discovery_container(pod), "127.30.1.10", "node")
+    assert env == {"PILOT_ENABLE_PERSISTENT_SESSION_FILTER": "true", "POD_NAME": "istiod-abc",
+                   "SERVICE_ACCOUNT": "istiod", "GOMAXPROCS": str(int(node_capacity()["cpu"])), "MEMORY_MI": "256"}
+
+
+def test_the_newest_istiod_pod_runs_and_rollouts_complete_as_kubectl_decides() -> None:
+    from fixtures.istiod_mesh.istiod_pods import newest, rollout_done
+
+    old, new = _istiod_pod("istiod-old", "2026-12-03T13:00:00Z"), _istiod_pod("istiod-new", "2026-12-03T13:05:00Z")
+    assert newest([old, new]) is new
+    assert newest([]) is None
+
+    def deployment(generation: int, observed: int, replicas: int, updated: int, available: int) -> dict[str, Any]:
+        return {"metadata": {"generation": generation}, "spec": {"replicas": 1},
+                "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": updated,
+                           "availableReplicas": available}}
+
+    assert rollout_done(deployment(2, 1, 1, 1, 1)) == (
+        False, "the Deployment controller has not seen the new generation yet")
+    assert rollout_done(deployment(2, 2, 2, 1, 1))[0] is False
+    assert rollout_done(deployment(2, 2, 1, 1, 0))[0] is False
+    assert rollout_done(deployment(2, 2, 1, 1, 1)) == (True, "rolled out")
