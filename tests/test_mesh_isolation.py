@@ -149,3 +149,28 @@ def test_the_newest_istiod_pod_runs_and_rollouts_complete_as_kubectl_decides() -
     assert rollout_done(deployment(2, 2, 2, 1, 1))[0] is False
     assert rollout_done(deployment(2, 2, 1, 1, 0))[0] is False
     assert rollout_done(deployment(2, 2, 1, 1, 1)) == (True, "rolled out")
+
+
+# -- the kubelet API: kubectl logs -------------------------------------------------------------------
+def test_kubelet_api_serves_container_logs(tmp_path: Path) -> None:
+    import httpx
+
+    from fixtures.istiod_mesh.kubelet_api import KubeletServer, LogSource
+
+    log = tmp_path / "pod.log"
+    log.write_text("one\n[node-agent 13:00:00.000] container started\ntwo\nthree\n")
+    source = LogSource(log, keep=lambda line: not line.startswith("[node-agent "))
+    server = KubeletServer(tmp_path / "kubelet",
+                           lambda ns, pod, _: source if (ns, pod) == ("default", "app-1") else None)
+    server.start()
+    try:
+        base = f"https://127.0.0.1:{server.port}/containerLogs/default"
+        with httpx.Client(verify=False, timeout=10, trust_env=False) as client:  # noqa: S501 - self-signed
+            assert client.get(f"{base}/app-1/app").text == "one\ntwo\nthree\n"
+            assert client.get(f"{base}/app-1/app?tailLines=2").text == "two\nthree\n"
+            assert client.get(f"{base}/app-1/app?limitBytes=5").text == "one\nt"
+            assert client.get(f"{base}/app-1/app?follow=true").text == "one\ntwo\nthree\n"  # not running: ends
+            assert client.get(f"{base}/app-2/app").status_code == 404
+            assert client.get(f"https://127.0.0.1:{server.port}/exec/default/app-1/app").status_code == 404
+    finally:
+        server.stop()
