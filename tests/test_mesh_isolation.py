@@ -174,3 +174,11 @@ def test_kubelet_api_serves_container_logs(tmp_path: Path) -> None:
             assert client.get(f"https://127.0.0.1:{server.port}/exec/default/app-1/app").status_code == 404
     finally:
         server.stop()
+
+
+def test_local_mesh_by_hand_refuses_a_malformed_flag_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
+    from fixtures import local_mesh
+
+    assert local_mesh.main(["--istiod-env", "PILOT_ENABLE_PERSISTENT_SESSION_FILTER"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --istiod-env expects NAME=VALUE, got 'PILOT_ENABLE_PERSISTENT_SESSION_FILTER'")
