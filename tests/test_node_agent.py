@@ -565,6 +565,8 @@ from kubernetes import client, config
 api = config.new_client_from_config(config_file={str(control_plane.kubeconfig)!r})
 client.CoreV1Api(api).create_namespace({{"metadata": {{"name": {namespace!r}}}}})
 agent = NodeAgent(api, "node-" + {namespace!r}, Path({str(tmp_path)!r}), Timeouts(), namespace={namespace!r}).start()
+client.CoreV1Api(api).create_namespaced_config_map({namespace!r}, {{"metadata": {{"name": "sticky-session-app"}},
+                                                     "data": {{"echo_server.py": "unused"}}}})
 client.CoreV1Api(api).create_namespaced_pod({namespace!r}, json.loads(sys.argv[1]))
 for attempt in poll(20.0, "pod started"):
     with attempt:
