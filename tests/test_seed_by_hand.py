@@ -195,11 +195,17 @@ def test_the_seed_readme_by_hand(hands_on: HandsOnMesh) -> None:
 
     # Negative control: the Service label alone, with the flag off, gives no x-session-id.
     mesh.kubectl("label", "svc", "sticky-session-app", "istio.io/persistent-session-header=x-session-id")
-    for attempt in poll(STEP_TIMEOUT, "the label's route settings at the gateway", interval=0.2, max_interval=1.0):
+    # istiod has pushed the label once the app's cluster keeps DRAINING hosts (override_host_status, which
+    # the label sets with the flag on or off); the session filter and its per-route settings need the flag.
+    for attempt in poll(STEP_TIMEOUT, "the label's cluster settings at the gateway", interval=0.2, max_interval=1.0):
         with attempt:
-            routes = mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_route_configs")
-            assert "envoy.filters.http.stateful_session" in routes
-    assert session_header(mesh.run("curl", "-sv", f"http://{mesh.gateway_url}/") or "") is None
+            clusters = mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_active_clusters")
+            assert '"override_host_status"' in clusters
+    assert "stateful_session" not in mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_route_configs")
+    verbose = subprocess.run(["curl", "-sv", "--max-time", "10", f"http://{mesh.gateway_url}/"], env=mesh.env,
+                             capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False)
+    assert pod_of(verbose.stdout)
+    assert session_header(verbose.stderr) is None
     assert mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_listeners").count(
         "envoy.filters.http.stateful_session") == 0
 
