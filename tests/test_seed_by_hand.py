@@ -164,12 +164,23 @@ def session_header(verbose: str) -> str | None:
     return match.group(1) if match else None
 
 
-def test_the_seed_readme_by_hand(hands_on: HandsOnMesh) -> None:
-    mesh = hands_on
-    versions = mesh.kubectl("version", "-o", "json")
-    assert versions.count('"gitVersion": "v1.35.4"') == 2, versions  # client and server
+FLAG_JSONPATH = ('jsonpath={.spec.template.spec.containers[0].env[?(@.name=='
+                 '"PILOT_ENABLE_PERSISTENT_SESSION_FILTER")].value}')
 
-    # Common resources (the app's source as its ConfigMap, then 01-04), and the Gateway URL lines.
+
+def verbose_get(mesh: HandsOnMesh, *headers: str) -> subprocess.CompletedProcess[str]:
+    """``curl -v`` through the gateway: the answer on stdout, the headers on stderr."""
+    return subprocess.run(["curl", "-sv", "--max-time", "10", *headers, f"http://{mesh.gateway_url}/"],
+                          env=mesh.env, capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False)
+
+
+def listener_filters(mesh: HandsOnMesh) -> int:
+    return mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_listeners").count(
+        "envoy.filters.http.stateful_session")
+
+
+def common_resources(mesh: HandsOnMesh) -> set[str]:
+    """The app's source as its ConfigMap, 01-04, the Gateway URL lines, Test 1's answers; the pods' IPs."""
     mesh.kubectl("create", "configmap", "sticky-session-app", f"--from-file={APP_SOURCE}")
     for manifest in ("01-deployment.yml", "02-service.yml", "03-gateway.yml", "04-virtualservice.yml"):
         mesh.kubectl("apply", "-f", str(MANIFEST_DIR / manifest))
@@ -179,72 +190,86 @@ def test_the_seed_readme_by_hand(hands_on: HandsOnMesh) -> None:
     port = mesh.kubectl("-n", "istio-system", "get", "service", "istio-ingressgateway", "-o",
                         'jsonpath={.spec.ports[?(@.name=="http2")].port}')
     assert f"{host}:{port}" == mesh.gateway_url
-
-    # Option 1, Test 1: answers from the app's pods once the route is pushed.
     for attempt in poll(STEP_TIMEOUT, "the gateway routes to the app", interval=0.2, max_interval=1.0):
         with attempt:
             pod_of(mesh.curl(f"http://{mesh.gateway_url}/"))
     pods = set(mesh.kubectl("get", "pods", "-l", "app=sticky-session-app", "-o",
                             "jsonpath={.items[*].status.podIP}").split())
     assert len(pods) == 3
+    return pods
 
-    # Step 1: the flag exported before starting the mesh did not reach istiod's Deployment.
-    jsonpath = ('jsonpath={.spec.template.spec.containers[0].env[?(@.name=='
-                '"PILOT_ENABLE_PERSISTENT_SESSION_FILTER")].value}')
-    assert mesh.kubectl("get", "deploy", "istiod", "-n", "istio-system", "-o", jsonpath) == ""
 
-    # Negative control: the Service label alone, with the flag off, gives no x-session-id.
+def label_without_flag(mesh: HandsOnMesh) -> None:
+    """The negative control: the flag exported before the mesh started is not in istiod's Deployment, and
+    the Service label alone gives no session filter and no x-session-id. istiod has pushed the label once
+    the app's cluster keeps DRAINING hosts (override_host_status, set by the label with the flag on or off)."""
+    assert mesh.kubectl("get", "deploy", "istiod", "-n", "istio-system", "-o", FLAG_JSONPATH) == ""
     mesh.kubectl("label", "svc", "sticky-session-app", "istio.io/persistent-session-header=x-session-id")
-    # istiod has pushed the label once the app's cluster keeps DRAINING hosts (override_host_status, which
-    # the label sets with the flag on or off); the session filter and its per-route settings need the flag.
     for attempt in poll(STEP_TIMEOUT, "the label's cluster settings at the gateway", interval=0.2, max_interval=1.0):
         with attempt:
             clusters = mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_active_clusters")
             assert '"override_host_status"' in clusters
     assert "stateful_session" not in mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_route_configs")
-    verbose = subprocess.run(["curl", "-sv", "--max-time", "10", f"http://{mesh.gateway_url}/"], env=mesh.env,
-                             capture_output=True, text=True, timeout=STEP_TIMEOUT, check=False)
-    assert pod_of(verbose.stdout)
-    assert session_header(verbose.stderr) is None
-    assert mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_listeners").count(
-        "envoy.filters.http.stateful_session") == 0
+    answer = verbose_get(mesh)
+    assert pod_of(answer.stdout)
+    assert session_header(answer.stderr) is None
+    assert listener_filters(mesh) == 0
 
-    # Step 1 itself: set env on the Deployment, wait for the rollout, check with the seed's jsonpath.
+
+def set_flag_and_pin(mesh: HandsOnMesh, pods: set[str]) -> None:
+    """Step 1 (set env, rollout status, the jsonpath check), then x-session-id read, decoded, pinned, and
+    still pinned after scaling to 5; Step 2 through the admin URL."""
     mesh.kubectl("set", "env", "deploy/istiod", "-n", "istio-system", "PILOT_ENABLE_PERSISTENT_SESSION_FILTER=true")
     mesh.kubectl("rollout", "status", "deploy", "istiod", "-n", "istio-system", "--timeout=120s")
-    assert mesh.kubectl("get", "deploy", "istiod", "-n", "istio-system", "-o", jsonpath) == "true"
-
-    # Test 1 of stateful sessions: the header appears, and decodes to one of the pods.
+    assert mesh.kubectl("get", "deploy", "istiod", "-n", "istio-system", "-o", FLAG_JSONPATH) == "true"
     header: str | None = None
     for attempt in poll(STEP_TIMEOUT, "x-session-id in the gateway's answer", interval=0.2, max_interval=1.0):
         with attempt:
-            verbose = subprocess.run(["curl", "-sv", "--max-time", "10", f"http://{mesh.gateway_url}/"],
-                                     env=mesh.env, capture_output=True, text=True, timeout=STEP_TIMEOUT,
-                                     check=False).stderr
-            header = session_header(verbose)
+            header = session_header(verbose_get(mesh).stderr)
             assert header, "no x-session-id yet"
     assert header is not None
     pinned_ip, _, pinned_port = base64.b64decode(header).decode().partition(":")
     assert pinned_ip in pods
     assert pinned_port == "5678"
-
-    # Test 2 and 3: pinned, and still pinned after scaling to 5.
     answers = {pod_of(mesh.curl("-H", f"x-session-id: {header}", f"http://{mesh.gateway_url}/")) for _ in range(10)}
     assert answers == {pinned_ip}
     mesh.kubectl("scale", "deployment", "sticky-session-app", "--replicas=5")
     mesh.kubectl("rollout", "status", "deploy/sticky-session-app", "--timeout=60s")
     answers = {pod_of(mesh.curl("-H", f"x-session-id: {header}", f"http://{mesh.gateway_url}/")) for _ in range(10)}
     assert answers == {pinned_ip}
+    assert listener_filters(mesh) >= 1
 
-    # Step 2, "verify the filter", through the printed admin URL; the seed's troubleshooting commands.
-    assert mesh.curl(f"{mesh.admin_url}/config_dump?resource=dynamic_listeners").count(
-        "envoy.filters.http.stateful_session") >= 1
+
+def troubleshooting(mesh: HandsOnMesh) -> None:
+    """The seed's kubectl logs, describe, and istiod's logs."""
     logs = mesh.kubectl("logs", "-l", "app=sticky-session-app", "--tail=10")
     assert logs.strip(), "kubectl logs printed nothing"
     assert "[node-agent" not in logs
     assert "Started container" in mesh.kubectl("describe", "pod", "-l", "app=sticky-session-app")
     assert mesh.kubectl("logs", "deploy/istiod", "-n", "istio-system", "--tail=5").strip()
 
+
+def edit_flag_off(mesh: HandsOnMesh) -> None:
+    """``kubectl edit`` (its editor a sed script) turns the flag off again: a rollout, and the filter goes."""
+    editor = "sed -i '/name: PILOT_ENABLE_PERSISTENT_SESSION_FILTER/{n;s/value: \"true\"/value: \"false\"/}'"
+    subprocess.run(["kubectl", "edit", "deploy", "istiod", "-n", "istio-system"],
+                   env={**mesh.env, "KUBE_EDITOR": editor}, check=True, capture_output=True, timeout=STEP_TIMEOUT)
+    mesh.kubectl("rollout", "status", "deploy", "istiod", "-n", "istio-system", "--timeout=120s")
+    assert mesh.kubectl("get", "deploy", "istiod", "-n", "istio-system", "-o", FLAG_JSONPATH) == "false"
+    for attempt in poll(STEP_TIMEOUT, "no session filter after kubectl edit", interval=0.2, max_interval=1.0):
+        with attempt:
+            assert listener_filters(mesh) == 0
+
+
+def test_the_seed_readme_by_hand(hands_on: HandsOnMesh) -> None:
+    mesh = hands_on
+    versions = mesh.kubectl("version", "-o", "json")
+    assert versions.count('"gitVersion": "v1.35.4"') == 2, versions  # client and server
+    pods = common_resources(mesh)
+    label_without_flag(mesh)
+    set_flag_and_pin(mesh, pods)
+    troubleshooting(mesh)
+    edit_flag_off(mesh)
     stop_with_ctrl_c(mesh)
 
 
