@@ -403,6 +403,25 @@ def cluster(control_plane: Any, tmp_path: Path) -> Iterator[tuple[Cluster, NodeA
         agent.stop()
 
 
+def config_map_missing_then_created(kube: Cluster) -> None:
+    """The app's ConfigMap volume is missing: its pods stay ContainerCreating with a FailedMount event each,
+    as under a kubelet, and start once it exists."""
+    from kubernetes import client
+
+    for attempt in poll(30.0, "FailedMount events for 3 pods"):
+        with attempt:
+            events = json.loads(kube.core.list_namespaced_event(kube.namespace, _preload_content=False).data)["items"]
+            failed = {e["involvedObject"]["name"] for e in events if e["reason"] == "FailedMount"}
+            assert len(failed) == 3, sorted(failed)
+    message = next(e["message"] for e in events if e["reason"] == "FailedMount")
+    assert message == 'MountVolume.SetUp failed for volume "app" : configmap "sticky-session-app" not found', message
+    for pod in kube.pods():
+        assert not ready(pod)
+        assert pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ContainerCreating"
+    kube.core.create_namespaced_config_map(kube.namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="sticky-session-app"), data={"echo_server.py": APP_SOURCE.read_text()}))
+
+
 def test_deployment_runs_scales_down_restarts_and_stops(cluster: tuple[Cluster, NodeAgent]) -> None:
     kube, agent = cluster
     node = json.loads(kube.core.read_node(agent.node_name, _preload_content=False).data)
@@ -413,6 +432,7 @@ def test_deployment_runs_scales_down_restarts_and_stops(cluster: tuple[Cluster, 
     (service,) = load("02-service.yml")
     kube.core.create_namespaced_service(kube.namespace, service)
     kube.apps.create_namespaced_deployment(kube.namespace, deployment())
+    config_map_missing_then_created(kube)
     pods = three_pods_ready(kube, agent)
     all_ips = {pod["status"]["podIP"] for pod in pods}
     survivor = scale_to_one(kube, agent, pods)
@@ -545,6 +565,8 @@ from kubernetes import client, config
 api = config.new_client_from_config(config_file={str(control_plane.kubeconfig)!r})
 client.CoreV1Api(api).create_namespace({{"metadata": {{"name": {namespace!r}}}}})
 agent = NodeAgent(api, "node-" + {namespace!r}, Path({str(tmp_path)!r}), Timeouts(), namespace={namespace!r}).start()
+client.CoreV1Api(api).create_namespaced_config_map({namespace!r}, {{"metadata": {{"name": "sticky-session-app"}},
+                                                     "data": {{"echo_server.py": "unused"}}}})
 client.CoreV1Api(api).create_namespaced_pod({namespace!r}, json.loads(sys.argv[1]))
 for attempt in poll(20.0, "pod started"):
     with attempt:
