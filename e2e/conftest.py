@@ -5,6 +5,7 @@
 - ``changes_istiod_env``: the test itself changes istiod's environment (the flag gates); it runs at the
   end of its starting group, right before the group that starts where it ends.
 - ``adds_pods``: a version-dependent truth (new pods may starve on some data planes).
+- ``front_door_differs``: a door-dependent truth (istiod builds a sidecar's outbound routes unlike a gateway's).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "istiod_env(env): the istiod environment (a dict of flags) the test "
                             "starts with; tests run grouped by it")
     config.addinivalue_line("markers", "changes_istiod_env: the test changes istiod's environment itself")
+    config.addinivalue_line("markers", "front_door_differs(**reasons): istiod configures this behaviour "
+                            "differently for a front door (keyword: the door, value: why); there the test is a "
+                            "strict expected failure with that reason, so a change shows")
 
 
 def istiod_env_of(item: pytest.Item) -> dict[str, str]:
@@ -71,3 +75,14 @@ def _new_pod_starvation(request: pytest.FixtureRequest) -> None:
     reason = new_pods_may_starve(mesh)
     if reason:
         request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))
+
+
+@pytest.fixture(autouse=True)
+def _front_door_truth(request: pytest.FixtureRequest) -> None:
+    """Where istiod configures the selected front door differently, the test's gateway expectation is a
+    strict expected failure there, with istiod's reason in the report."""
+    marker = request.node.get_closest_marker("front_door_differs")
+    door = request.config.getoption("--front-door")
+    reason = marker.kwargs.get(door) if marker is not None else None
+    if reason:
+        request.node.add_marker(pytest.mark.xfail(reason=f"--front-door {door}: {reason}", strict=True))
