@@ -12,6 +12,7 @@ import pytest
 
 from fixtures.mesh import Mesh
 from fixtures.probe import Probe
+from fixtures.verdicts import unsupported
 
 # Options, features and figures live in the plugin; imported by name so pytest can rewrite its asserts.
 pytest_plugins = ["fixtures.plugin", "fixtures.report.writer", "fixtures.cluster.plugin"]
@@ -20,9 +21,12 @@ pytest_plugins = ["fixtures.plugin", "fixtures.report.writer", "fixtures.cluster
 @pytest.fixture(scope="session")
 def session_mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """The mesh for the whole run: started once, stopped (everything removed) at the end, also on Ctrl-C."""
-    from fixtures.plugin import MESH_KEY, open_mesh
+    from fixtures.plugin import MESH_KEY, missing_front_door, open_mesh
     from fixtures.report.writer import MESH_VERSIONS
 
+    missing = missing_front_door(request.config)
+    if missing:
+        unsupported(f"--front-door {request.config.getoption('--front-door')}: {missing}")
     mesh = open_mesh(request.config)
     try:
         # Inside the try: a mesh whose versions cannot be read is still closed (the kind cluster deleted).
