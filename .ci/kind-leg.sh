@@ -11,7 +11,13 @@
 # Extra arguments go to pytest ($KIND_LEG_PYTEST, default the venv's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Where kind-offline is: $KIND_OFFLINE_DIR, else ../shared/kind-offline beside this checkout, else beside the
+# checkout this one was cloned from (CI runs a fresh clone, which may live elsewhere).
 offline=${KIND_OFFLINE_DIR:-../shared/kind-offline}
+origin=$(git config --get remote.origin.url 2>/dev/null || true)
+if [[ -z ${KIND_OFFLINE_DIR:-} && ! -x $offline/up.sh && -d $origin ]]; then
+  offline=$origin/../shared/kind-offline
+fi
 if [[ ! -x $offline/up.sh ]]; then
   echo "kind leg: not run ($offline/up.sh not found; it exists only on the project's machines, set KIND_OFFLINE_DIR to use another copy)"
   exit 0
