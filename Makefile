@@ -57,9 +57,10 @@ e2e-istiod: istiod-binaries
 # The suite on a real kind cluster with real Istio, through ../shared/kind-offline (no image registry; on the
 # project's machines only: elsewhere it says so and does nothing; `make e2e ARGS="--mesh kind"` is the
 # user's path). .ci/kind-leg.sh says what it starts and stops.
-KIND_OFFLINE ?= ../shared/kind-offline
+# KIND_OFFLINE=DIR names kind-offline's folder; by default .ci/kind-leg.sh looks beside this checkout, then
+# beside the checkout it was cloned from.
 e2e-kind: $(STAMP)
-	KIND_OFFLINE_DIR=$(KIND_OFFLINE) .ci/kind-leg.sh $(ARGS)
+	$(if $(KIND_OFFLINE),KIND_OFFLINE_DIR=$(KIND_OFFLINE)) .ci/kind-leg.sh $(ARGS)
 
 # Live upgrade under established sessions: Envoy $(UPGRADE_FROM) -> the default (1.40.0)
 upgrade: $(call envoy_bin,$(UPGRADE_FROM))
