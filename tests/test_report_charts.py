@@ -42,3 +42,10 @@ def test_all_charts_render_as_png(tmp_path: Path) -> None:
 
 def test_missing_figures_draw_nothing(tmp_path: Path) -> None:
     assert render_charts({"tests": []}, tmp_path) == []
+
+
+def test_a_test_that_stopped_before_its_figures_draws_no_chart_and_breaks_none(tmp_path: Path) -> None:
+    # A known-defect (or failed) test may stop before recording the figures a chart needs.
+    tests = [{"test": "e2e/t.py::test_new_sessions_after_scale_up[least-request]", "outcome": "known-defect",
+              "figures": {"held_seconds": 31.0}}]
+    assert render_charts({"tests": tests}, tmp_path) == []
