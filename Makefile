@@ -34,6 +34,7 @@ unit: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python .ci/check-imports.py
 
 test: lint
 	$(BIN)/pytest tests/ e2e/ -v $(ARGS)
@@ -49,7 +50,7 @@ e2e-envoy-%: $(ENVOYS)/%/envoy/_bin/envoy
 # The suite against the real control plane: Kubernetes and Istio built from source (cached under
 # ~/.cache/istio-sticky-conformance), istiod and pilot-agent as local processes, no Docker.
 istiod-binaries: $(STAMP)
-	$(BIN)/python -m fixtures.istiod_mesh --build-only $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
+	$(BIN)/python -m harness.meshes.istiod --build-only $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION))
 
 e2e-istiod: istiod-binaries
 	$(BIN)/pytest e2e/ -v --mesh istiod $(if $(ISTIO_VERSION),--istio-version $(ISTIO_VERSION)) $(ARGS)
@@ -68,7 +69,7 @@ upgrade: $(call envoy_bin,$(UPGRADE_FROM))
 
 # The upgrade gate: make compare BEFORE=reports/a.yaml AFTER=reports/b.yaml (non-zero on a regression)
 compare: $(STAMP)
-	$(BIN)/python -m fixtures.report.gate $(BEFORE) $(AFTER)
+	$(BIN)/python -m harness.report.gate $(BEFORE) $(AFTER)
 
 clean:
 	rm -rf $(VENV) $(ENVOYS) reports .pytest_cache .mypy_cache .ruff_cache *.egg-info

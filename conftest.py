@@ -10,19 +10,20 @@ from collections.abc import Iterator
 
 import pytest
 
-from fixtures.mesh import Mesh
-from fixtures.probe import Probe
-from fixtures.verdicts import unsupported
+from harness.core.mesh import Mesh
+from harness.core.needs import lacking, needs_of
+from harness.core.verdicts import unsupported
+from harness.traffic.probe import Probe
 
 # Options, features and figures live in the plugin; imported by name so pytest can rewrite its asserts.
-pytest_plugins = ["fixtures.plugin", "fixtures.report.writer", "fixtures.cluster.plugin"]
+pytest_plugins = ["harness.plugin", "harness.report.writer"]
 
 
 @pytest.fixture(scope="session")
 def session_mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """The mesh for the whole run: started once, stopped (everything removed) at the end, also on Ctrl-C."""
-    from fixtures.plugin import MESH_KEY, missing_front_door, open_mesh
-    from fixtures.report.writer import MESH_VERSIONS
+    from harness.core.stash import MESH_KEY, MESH_VERSIONS
+    from harness.plugin import missing_front_door, open_mesh
 
     missing = missing_front_door(request.config)
     if missing:
@@ -42,15 +43,19 @@ def session_mesh(request: pytest.FixtureRequest) -> Iterator[Mesh]:
 
 
 @pytest.fixture
-def mesh(session_mesh: Mesh) -> Mesh:
-    """The mesh at its baseline (base manifests, 3 pods, no DestinationRule, istiod flags unset)."""
+def mesh(session_mesh: Mesh, request: pytest.FixtureRequest) -> Mesh:
+    """The mesh at its baseline (base manifests, 3 pods, no DestinationRule, istiod flags unset). A test
+    declaring a need the mesh lacks (``harness.core.needs``) is unsupported, with the mesh's reason."""
+    missing = lacking(session_mesh, needs_of(request.node))
+    if missing:
+        unsupported(missing)
     session_mesh.reset()
     return session_mesh
 
 
 @pytest.fixture
 def probe(mesh: Mesh, request: pytest.FixtureRequest) -> Probe:
-    from fixtures.plugin import timeouts
+    from harness.plugin import timeouts
 
     # A cluster run routes its own host (kube_mesh.run_host), which the probe sends as the Host header.
     return Probe(mesh.gateway_url, timeout=timeouts(request.config).request,

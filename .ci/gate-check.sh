@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 new=${1:?report of the default Envoy run} old=${2:?report of the Envoy 1.36.4 run}
-gate() { .venv/bin/python -m fixtures.report.gate "$@"; }
+gate() { .venv/bin/python -m harness.report.gate "$@"; }
 gate "$old" "$new" >/dev/null; up=$?
 out=$(gate "$new" "$old"); down=$?
 if [[ $up != 0 ]]; then echo "gate-check: 1.36.4 -> default should exit 0, got $up" >&2; gate "$old" "$new"; exit 1; fi

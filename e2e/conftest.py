@@ -5,7 +5,7 @@
 - ``changes_istiod_env``: the test itself changes istiod's environment (the flag gates); it runs at the
   end of its starting group, right before the group that starts where it ends.
 - ``adds_pods``: the test needs traffic to reach pods it adds; where the data plane may starve new pods
-  (``fixtures.verdicts`` NEW_POD_STARVATION) its verdict is that known defect, whether or not it shows.
+  (``harness.core.verdicts`` NEW_POD_STARVATION) its verdict is that known defect, whether or not it shows.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from fixtures.mesh import Mesh, MeshError
-from fixtures.verdicts import NEW_POD_STARVATION, exposed_to, unsupported
+from e2e.vocabulary import NEEDS_UPGRADE_TARGET
+from harness.core.mesh import Mesh, MeshError
+from harness.core.needs import lacking
+from harness.core.verdicts import EXCLUDED_PREFIX, NEW_POD_STARVATION, exposed_to, unsupported
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -40,8 +42,14 @@ def order_key(item: pytest.Item) -> tuple[Any, ...]:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     items.sort(key=order_key)  # stable: file order within a group
+    # Left out by the run's options, decided before anything about the mesh: the live-upgrade tests
+    # without --upgrade-to (excluded, whatever the mesh could do).
+    if not config.getoption("--upgrade-to"):
+        for item in items:
+            if "upgrade_target" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.skip(reason=f"{EXCLUDED_PREFIX}{NEEDS_UPGRADE_TARGET}"))
 
 
 @pytest.fixture(autouse=True)
@@ -53,8 +61,9 @@ def _istiod_env(request: pytest.FixtureRequest) -> None:
     mesh: Mesh = request.getfixturevalue("mesh")
     if {**mesh.baseline_istiod_env, **env} == mesh.istiod_env:
         return
-    if not mesh.capabilities.can_set_istiod_env:
-        unsupported(mesh.capabilities.reason_no_istiod_env or f"this test needs istiod with {env}")
+    missing = lacking(mesh, ["istiod-env"])
+    if missing:
+        unsupported(missing)
     try:
         mesh.use_istiod_env(env)
     except MeshError as error:

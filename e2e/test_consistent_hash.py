@@ -16,15 +16,16 @@ from typing import Any
 import pytest
 from scipy import stats as scipy_stats
 
-from fixtures.affinity import assert_not_sticky, assert_sticky, movement, placement
-from fixtures.hashing.algorithms import ALGORITHMS, Algorithm
-from fixtures.hashing.shares import exact_remap
-from fixtures.mesh import Mesh, Pod
-from fixtures.probe import Probe, Session
-from fixtures.stats import ALPHA, evenness, samples_to_see_two, share_interval
-from fixtures.verdicts import unsupported
+from e2e.vocabulary import HASH_COOKIE, HASH_HEADER_RULE, HEADER, establish, keyed, with_features
+from harness.core.mesh import Mesh, Pod
+from harness.core.needs import needs
+from harness.core.stats import ALPHA, evenness, samples_to_see_two, share_interval
+from harness.hashing.algorithms import ALGORITHMS, Algorithm
+from harness.hashing.shares import exact_remap
+from harness.report.schema import Measure
+from harness.traffic.affinity import assert_not_sticky, assert_sticky, movement, placement
+from harness.traffic.probe import Probe, Session
 
-HEADER = "x-session-id"
 STICKY_SESSIONS = 100  # sessions per stickiness check; each is pinned deterministically, no statistics
 STICKY_ROUNDS = 4  # requests per session: two on a kept-alive connection, two on fresh connections
 SPREAD_KEYS = 1000  # keys for the evenness chi-square
@@ -43,26 +44,17 @@ class HashKey:
 
 
 KEYS = [
-    HashKey("header", "destinationrules/hash-header.yml", "consistent-hash-header",
+    HashKey("header", HASH_HEADER_RULE, "consistent-hash-header",
             lambda key: Session(headers={HEADER: key}), Session),
     HashKey("query", "destinationrules/hash-query.yml", "consistent-hash-query",
             lambda key: Session(query={"session": key}), Session),
     HashKey("cookie-own", "destinationrules/hash-cookie-no-ttl.yml", "consistent-hash-cookie",
-            lambda key: Session(cookies={"sticky-hash": key}), Session),
+            lambda key: Session(cookies={HASH_COOKIE: key}), Session),
     # With a ttl the gateway issues the cookie; the client keeps it like a browser. The keyless client
     # ignores Set-Cookie, so each fresh connection gets a new cookie (derived from connection addresses).
     HashKey("cookie-issued", "destinationrules/hash-cookie-ttl.yml", "consistent-hash-cookie",
             lambda key: Session(), lambda: Session(keep_cookies=False)),
 ]
-
-
-def with_features(items: list[Any], *features: Callable[[Any], str] | str) -> list[Any]:
-    """Parameters carrying their ``feature`` marks, so feature selection sees them at collection."""
-    return [
-        pytest.param(item, id=item.id, marks=pytest.mark.feature(
-            *[f if isinstance(f, str) else f(item) for f in features]))
-        for item in items
-    ]
 
 
 def run_sticky_rounds(probe: Probe, sessions: list[Session]) -> None:
@@ -96,11 +88,10 @@ def test_key_pins_sessions(key: HashKey, mesh: Mesh, probe: Probe, figures: dict
 
 
 @pytest.mark.feature("consistent-hash-source-ip", "ring-hash")
+@needs("source-addresses")
 def test_source_ip_pins_clients(mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """useSourceIp: each client address sticks to one pod; one address roams without the rule."""
     addresses = mesh.capabilities.client_source_addresses
-    if len(addresses) < 2:
-        unsupported(f"the {mesh.name} mesh cannot present distinct client source addresses to the gateway")
     roaming = Session(source_ip=addresses[0])
     probe.run([roaming], rounds=control_requests(mesh), fresh_connections=True)
     assert_not_sticky(roaming, "one source address before the DestinationRule")
@@ -123,13 +114,7 @@ def test_stickiness_check_catches_a_broken_rule(mesh: Mesh, probe: Probe) -> Non
         assert_sticky(sessions, "rule on the wrong header")
 
 
-# -- 3: spread and evenness, per algorithm (fixtures/hashing/algorithms.py) ----------------------------------
-def establish(probe: Probe, keys: list[str]) -> list[Session]:
-    sessions = [Session(headers={HEADER: key}) for key in keys]
-    probe.run(sessions)
-    return sessions
-
-
+# -- 3: spread and evenness, per algorithm (harness/hashing/algorithms.py) ----------------------------------
 @pytest.mark.parametrize("algorithm", with_features(ALGORITHMS, "consistent-hash-header", lambda a: a.feature))
 def test_sessions_spread_over_all_pods(algorithm: Algorithm, mesh: Mesh, probe: Probe,
                                        figures: dict[str, Any]) -> None:
@@ -144,7 +129,7 @@ def test_sessions_spread_over_all_pods(algorithm: Algorithm, mesh: Mesh, probe: 
     """
     mesh.apply(algorithm.manifest)
     pods = {pod.name for pod in mesh.pods()}
-    sessions = establish(probe, [f"spread-{i}" for i in range(SPREAD_KEYS)])
+    sessions = establish(probe, keyed([f"spread-{i}" for i in range(SPREAD_KEYS)]))
     counts = Counter(s.last_pod for s in sessions)
     assert set(counts) == pods, f"{SPREAD_KEYS} keys reached {dict(counts)}, not every pod of {sorted(pods)}"
     result = evenness([counts[name] for name in sorted(pods)])
@@ -171,6 +156,7 @@ def addresses(pods: list[Pod]) -> list[str]:
 @pytest.mark.parametrize("algorithm", with_features(SCALING_ALGORITHMS, "consistent-hash-header",
                                                     lambda a: a.feature))
 @pytest.mark.adds_pods
+@pytest.mark.measures(Measure.SESSIONS_MOVED)
 def test_scaling_moves_the_predicted_share(algorithm: Algorithm, step: tuple[int, int], mesh: Mesh,
                                            probe: Probe, figures: dict[str, Any]) -> None:
     """The seed's "Test 3": scale and measure the share of sessions whose pod changed.
@@ -186,9 +172,9 @@ def test_scaling_moves_the_predicted_share(algorithm: Algorithm, step: tuple[int
     mesh.apply(algorithm.manifest)
     before_pods = mesh.pods()
     keys = [f"scale-{i}" for i in range(SCALING_KEYS)]
-    before = placement(establish(probe, keys))
+    before = placement(establish(probe, keyed(keys)))
     after_pods = mesh.scale(end)
-    after = placement(establish(probe, keys))
+    after = placement(establish(probe, keyed(keys)))
 
     moved = movement(before, after, {p.name for p in before_pods}, {p.name for p in after_pods})
     model_before = algorithm.build(addresses(before_pods))
@@ -224,11 +210,11 @@ def test_pod_replaced_moves_its_sessions(algorithm: Algorithm, mesh: Mesh, probe
     mesh.apply(algorithm.manifest)
     before_pods = mesh.pods()
     keys = [f"replace-{i}" for i in range(SCALING_KEYS)]
-    before = placement(establish(probe, keys))
+    before = placement(establish(probe, keyed(keys)))
     victim = Counter(before.values()).most_common(1)[0][0]
     replacement = mesh.delete_pod(victim)
     after_pods = mesh.pods()
-    after = placement(establish(probe, keys))
+    after = placement(establish(probe, keyed(keys)))
 
     moved = movement(before, after, {p.name for p in before_pods}, {p.name for p in after_pods})
     victims = sum(1 for pod in before.values() if pod == victim)
@@ -323,7 +309,7 @@ def test_model_predicts_every_pod(algorithm: Algorithm, mesh: Mesh, probe: Probe
     by_address = {pod.address: pod.name for pod in pods}
     model = algorithm.build(addresses(pods))
     keys = [f"model-{i}" for i in range(SPREAD_KEYS)]
-    answered = placement(establish(probe, keys))
+    answered = placement(establish(probe, keyed(keys)))
     wrong = [(key, by_address[model.pick(key)], answered[i]) for i, key in enumerate(keys)
              if by_address[model.pick(key)] != answered[i]]
     figures.update(keys=len(keys), agreement=1 - len(wrong) / len(keys), agreement_n=len(keys))

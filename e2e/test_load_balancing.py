@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from fixtures.mesh import Mesh
-from fixtures.probe import Probe
-from fixtures.stats import ALPHA, samples_to_see_all
-from fixtures.verdicts import HEALTH_ONLY_UPDATE, exposed_to, unsupported
+from harness.core.mesh import Mesh
+from harness.core.stats import ALPHA, samples_to_see_all
+from harness.core.verdicts import HEALTH_ONLY_UPDATE, exposed_to, unsupported
+from harness.report.schema import Measure
+from harness.traffic.probe import Probe
 
 
 @pytest.mark.feature("load-balancing")
@@ -31,6 +32,7 @@ STARVATION_ROUNDS = 3  # scale-ups of 2 pods each: 6 added pods per run
 
 @pytest.mark.feature("load-balancing")
 @pytest.mark.adds_pods
+@pytest.mark.measures(Measure.ADDED_POD_STARVATION)
 def test_added_pods_get_traffic(mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """Scale 3 -> 5, three times: every added pod must answer some of the new clients that follow.
 

@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 
-from fixtures.affinity import assert_not_sticky
-from fixtures.mesh import Mesh
-from fixtures.probe import Probe, Session
-from fixtures.stats import ALPHA, samples_to_see_all
-from fixtures.timeouts import poll
-from fixtures.verdicts import unsupported
+from e2e.vocabulary import HEADER
+from harness.core.mesh import Mesh
+from harness.core.needs import needs
+from harness.core.stats import ALPHA, samples_to_see_all
+from harness.core.timeouts import poll
+from harness.traffic.affinity import assert_not_sticky
+from harness.traffic.probe import Probe, Session
 
 REQUESTS_STICKY = 50
 
@@ -41,17 +42,17 @@ def assert_metrics_match(mesh: Mesh, before: dict[str, int], observed: Counter[s
 
 @pytest.fixture
 def metrics_mesh(mesh: Mesh) -> Mesh:
-    if not mesh.capabilities.metrics_source:
-        unsupported(f"the {mesh.name} mesh has no metrics pipeline (kind: --monitoring installs one)")
+    """The mesh, for tests that declare ``needs("metrics")``."""
     return mesh
 
 
 @pytest.mark.feature("observability", "consistent-hash-header")
+@needs("metrics")
 def test_sticky_traffic_concentrates_in_metrics(metrics_mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """One session id under a header hash: the metrics show all its requests on one pod."""
     metrics_mesh.apply("destinationrules/hash-header.yml")
     before = metrics_mesh.request_totals()
-    session = Session(headers={"x-session-id": "user-session-123"})
+    session = Session(headers={HEADER: "user-session-123"})
     probe.run([session], rounds=REQUESTS_STICKY)
     observed = observed_by_address(metrics_mesh, [session])
     delta = assert_metrics_match(metrics_mesh, before, observed)
@@ -60,6 +61,7 @@ def test_sticky_traffic_concentrates_in_metrics(metrics_mesh: Mesh, probe: Probe
 
 
 @pytest.mark.feature("observability", "load-balancing")
+@needs("metrics")
 def test_spread_traffic_spreads_in_metrics(metrics_mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """Clients without a key: the metrics show every pod serving, in the same counts the probe saw."""
     before = metrics_mesh.request_totals()

@@ -11,69 +11,30 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from fixtures import session_state
-from fixtures.affinity import assert_not_sticky, assert_sticky, placement
-from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh, Pod
-from fixtures.probe import Probe, Reply, Session
-from fixtures.stats import ALPHA, samples_to_see_all, samples_to_see_two, share_interval
-from fixtures.verdicts import HEALTH_ONLY_UPDATE, exposed_to, unsupported
+from e2e.vocabulary import HEADER, HEADER_MODE, MODES, Mode, enable, establish
+from harness.core.mesh import PERSISTENT_SESSION_FLAG, Mesh, Pod
+from harness.core.needs import needs
+from harness.core.stats import ALPHA, samples_to_see_all, samples_to_see_two, share_interval
+from harness.core.verdicts import HEALTH_ONLY_UPDATE, exposed_to
+from harness.report.schema import Measure
+from harness.traffic import session_state
+from harness.traffic.affinity import assert_not_sticky, assert_sticky, placement
+from harness.traffic.probe import Probe, Reply, Session
 
 # Every test here starts with persistent sessions on in istiod (tests run grouped by istiod environment).
 pytestmark = pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"})
 
-HEADER = "x-session-id"
-COOKIE = "sticky-session"
 SESSIONS = 120  # sessions per check; pinning is deterministic, this only has to cover every pod
 ROUNDS = 4
 
 
-@dataclass(frozen=True)
-class Mode:
-    """Header or cookie sessions: which Service manifest, and how a client carries the value."""
-
-    id: str
-    service: str
-    feature: str
-    new_session: Callable[[], Session]
-    issued: Callable[[Reply], str | None]  # the value a reply hands out, if any
-    carrying: Callable[[str], Session]  # a client that presents `value`
-
-    def value_of(self, session: Session) -> str | None:
-        return session.headers.get(HEADER) if self.id == "header" else session.cookies.get(COOKIE)
-
-
-def _issued_cookie(reply: Reply) -> str | None:
-    for raw in reply.set_cookies():
-        name, _, rest = raw.partition("=")
-        if name.strip() == COOKIE:
-            return rest.split(";", 1)[0]
-    return None
-
-
-HEADER_MODE = Mode("header", "services/session-header.yml", "stateful-header",
-                   lambda: Session(keep_header=HEADER), lambda r: r.header(HEADER),
-                   lambda value: Session(headers={HEADER: value}, keep_header=HEADER))
-COOKIE_MODE = Mode("cookie", "services/session-cookie.yml", "stateful-cookie",
-                   Session, _issued_cookie, lambda value: Session(cookies={COOKIE: value}))
-MODES = [pytest.param(m, id=m.id, marks=pytest.mark.feature(m.feature)) for m in (HEADER_MODE, COOKIE_MODE)]
-
-
-def enable(mesh: Mesh, mode: Mode) -> None:
-    if not mesh.capabilities.can_set_istiod_env:
-        unsupported(mesh.capabilities.reason_no_istiod_env)
-    mesh.apply(mode.service)
-    mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
-
-
-def establish(probe: Probe, mode: Mode, count: int = SESSIONS) -> list[Session]:
-    sessions = [mode.new_session() for _ in range(count)]
-    probe.run(sessions)
+def open_sessions(probe: Probe, mode: Mode, count: int = SESSIONS) -> list[Session]:
+    """``count`` new sessions, each handed a session value by its first reply."""
+    sessions = establish(probe, [mode.new_session() for _ in range(count)])
     for session in sessions:
         assert mode.value_of(session), f"no session value issued: {session.replies[-1].headers}"
     return sessions
@@ -97,17 +58,16 @@ def test_flag_gates_sessions(mode: Mode, mesh: Mesh, probe: Probe) -> None:
     assert all(mode.issued(r) is None for r in client.replies), "a session value was issued with the flag off"
     assert_not_sticky(client, "label without the flag")
 
-    enable(mesh, mode)
+    enable(mesh, mode.service)
     assert mode.issued(probe.get()[0]) is not None, "flag on and label set, but no session value issued"
 
 
 @pytest.mark.feature("stateful-cookie")
+@needs("istiod-env")
 def test_seed_cookie_label_enables_nothing(mesh: Mesh, probe: Probe) -> None:
     """The seed writes ``istio.io/persistent-session-cookie``; a default istiod reads
     ``istio.io/persistent-session`` (PILOT_PERSISTENT_SESSION_LABEL). With the seed's label and the flag
     on, no cookie is issued and a client is not pinned: following the seed gives no sessions at all."""
-    if not mesh.capabilities.can_set_istiod_env:
-        unsupported(mesh.capabilities.reason_no_istiod_env)
     mesh.apply("services/session-seed-cookie-label.yml")
     mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
     client = Session()
@@ -120,9 +80,9 @@ def test_seed_cookie_label_enables_nothing(mesh: Mesh, probe: Probe) -> None:
 @pytest.mark.parametrize("mode", MODES)
 def test_issued_value_names_the_pod(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """The seed's "exposes pod IPs" point, as a fact: the value decodes to the answering pod's ip:port."""
-    enable(mesh, mode)
+    enable(mesh, mode.service)
     count = samples_to_see_all(len(mesh.pods()), ALPHA)
-    sessions = establish(probe, mode, count)
+    sessions = open_sessions(probe, mode, count)
     encodings: Counter[str] = Counter()
     for session in sessions:
         reply = session.replies[0]
@@ -137,8 +97,8 @@ def test_issued_value_names_the_pod(mode: Mode, mesh: Mesh, probe: Probe, figure
 def test_value_pins_every_request(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """Every later request carrying the value lands on its pod (kept-alive and fresh connections), and
     the value is not handed out again while the pod stays the same."""
-    enable(mesh, mode)
-    sessions = establish(probe, mode)
+    enable(mesh, mode.service)
+    sessions = open_sessions(probe, mode)
     probe.run(sessions, rounds=ROUNDS // 2)
     probe.run(sessions, rounds=ROUNDS - ROUNDS // 2, fresh_connections=True)
     assert_sticky(sessions, f"{mode.id} sessions")
@@ -152,18 +112,19 @@ def test_value_pins_every_request(mode: Mode, mesh: Mesh, probe: Probe, figures:
 # -- 4: scaling up ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.adds_pods
+@pytest.mark.measures(Measure.SESSIONS_KEPT)
 def test_scale_up_keeps_every_session(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """The seed's headline claim, measured: 3 -> 5 pods, 100% of sessions stay on their pod,
     while new sessions do reach the new pods (the scaling really happened)."""
-    enable(mesh, mode)
-    sessions = establish(probe, mode)
+    enable(mesh, mode.service)
+    sessions = open_sessions(probe, mode)
     before = placement(sessions)
     old = {pod.name for pod in mesh.pods()}
     new = {pod.name for pod in mesh.scale(5)} - old
     probe.run(sessions)
     after = placement(sessions)
     stayed = sum(1 for key in before if before[key] == after[key])
-    fresh = establish(probe, mode, samples_to_see_all(5, ALPHA))
+    fresh = open_sessions(probe, mode, samples_to_see_all(5, ALPHA))
     figures.update(sessions=len(sessions), stayed_share=stayed / len(sessions), stayed_share_n=len(sessions),
                    new_sessions_on_new_pods=sum(1 for s in fresh if s.last_pod in new))
     assert stayed == len(sessions), f"only {stayed}/{len(sessions)} sessions kept their pod after 3 -> 5"
@@ -176,8 +137,8 @@ def test_deleted_pod_sessions_move_to_live_pods(mode: Mode, mesh: Mesh, probe: P
                                                 figures: dict[str, Any]) -> None:
     """Non-strict sessions: a deleted pod's sessions go to a live pod with a new value, no request
     fails, and sessions of the other pods stay where they are."""
-    enable(mesh, mode)
-    sessions = establish(probe, mode)
+    enable(mesh, mode.service)
+    sessions = open_sessions(probe, mode)
     before = placement(sessions)
     victim = Counter(before.values()).most_common(1)[0][0]
     mesh.delete_pod(victim)
@@ -212,12 +173,12 @@ def test_graceful_drain(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str,
     still land on the draining pod. That is a real data-plane bug, reported as an expected failure on
     those versions, not hidden by a looser check.
     """
-    enable(mesh, mode)
+    enable(mesh, mode.service)
     if mode.id == "cookie":
         # Deterministic where the update sequence is the translation's own (local mesh); behind a real
         # istiod it depends on how istiod batches the surge pod's and the drain's endpoint pushes.
         exposed_to(request.node, mesh, HEALTH_ONLY_UPDATE)
-    sessions = establish(probe, mode)
+    sessions = open_sessions(probe, mode)
     before = placement(sessions)
     victim = Counter(before.values()).most_common(1)[0][0]
     # As in a rolling update: a surge pod joins (a membership change), then an old pod terminates.
@@ -227,7 +188,7 @@ def test_graceful_drain(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str,
     after = placement(sessions)
     victims = [i for i, pod in before.items() if pod == victim]
     kept = sum(1 for i in victims if after[i] == victim)
-    fresh = establish(probe, mode, samples_to_see_all(len(mesh.pods()), ALPHA) * 2)
+    fresh = open_sessions(probe, mode, samples_to_see_all(len(mesh.pods()), ALPHA) * 2)
     on_draining = sum(1 for s in fresh if s.last_pod == victim)
     figures.update(victim_sessions=len(victims), kept_on_draining_pod=kept, new_sessions=len(fresh),
                    new_on_draining_pod=on_draining, kept_on_draining_share=kept / len(victims),
@@ -246,8 +207,8 @@ def test_rollout_restart_moves_every_session_without_errors(mode: Mode, mesh: Me
                                                             figures: dict[str, Any]) -> None:
     """All pods replaced: every session moves (its pod is gone) and gets a new value; requests sent
     while the rollout runs all succeed."""
-    enable(mesh, mode)
-    sessions = establish(probe, mode)
+    enable(mesh, mode.service)
+    sessions = open_sessions(probe, mode)
     old = {pod.name for pod in mesh.pods()}
     during: list[Session] = [mode.carrying(mode.value_of(s) or "") for s in sessions]
     done = threading.Event()
@@ -282,7 +243,7 @@ def test_rollout_restart_moves_every_session_without_errors(mode: Mode, mesh: Me
 def test_session_value_beats_the_hash(mode: Mode, mesh: Mesh, probe: Probe) -> None:
     """With a consistent-hash rule (on a query parameter) as well: without a session value the hash
     decides (same key, same pod); with a valid value naming another pod, the value wins."""
-    enable(mesh, mode)
+    enable(mesh, mode.service)
     mesh.apply("destinationrules/hash-query.yml")
     keyed = Session(query={"session": "user-1"})
     probe.run([keyed], rounds=samples_to_see_two(), fresh_connections=True)
@@ -307,7 +268,7 @@ def hostile_values(mesh: Mesh, mode: Mode) -> dict[str, str]:
     valid = encode(pod.address)
     # An address outside the service. On a cluster, a real external address; on the local mesh a
     # loopback address that is no pod, because this machine must never send traffic off loopback.
-    outside = "127.255.255.254:22" if mesh.name == "local" else "10.0.0.1:22"
+    outside = mesh.capabilities.outside_address
     values = {
         "garbage": "!!not-base64!!",
         "unpadded": valid.rstrip("="),
@@ -327,7 +288,7 @@ def test_hostile_values_are_ignored_and_replaced(mode: Mode, mesh: Mesh, probe: 
                                                  figures: dict[str, Any]) -> None:
     """Garbage, unpadded, truncated, oversized and forged values never route outside the service's
     pods, never produce a 5xx, and the reply hands out a fresh value naming the pod that answered."""
-    enable(mesh, mode)
+    enable(mesh, mode.service)
     pods = {pod.name: pod for pod in mesh.pods()}
     outcomes = {}
     for name, value in hostile_values(mesh, mode).items():
@@ -345,7 +306,7 @@ def test_hostile_values_are_ignored_and_replaced(mode: Mode, mesh: Mesh, probe: 
 def test_forged_value_chooses_the_pod(mode: Mode, mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """A security fact, recorded: a client that forges a value naming another live pod is routed there.
     Session values are routing instructions from the client, not secrets; anyone can pick a pod."""
-    enable(mesh, mode)
+    enable(mesh, mode.service)
     encode = session_state.encode_header if mode.id == "header" else session_state.encode_cookie
     reached = {}
     for pod in mesh.pods():
@@ -370,6 +331,8 @@ POLICIES = [
 @pytest.mark.feature("least-request", "stateful-header")
 @pytest.mark.parametrize(("manifest", "expected"), POLICIES)
 @pytest.mark.adds_pods
+@needs("istiod-env")
+@pytest.mark.measures(Measure.NEW_SESSION_SHARE)
 def test_new_sessions_after_scale_up(manifest: str, expected: float, mesh: Mesh, probe: Probe,
                                      figures: dict[str, Any]) -> None:
     """The seed's "Load Balancing for New Sessions": 3 pods each hold 4 long requests (pinned by their
@@ -378,7 +341,7 @@ def test_new_sessions_after_scale_up(manifest: str, expected: float, mesh: Mesh,
     sampled: 1 - (3/4)^2 = 0.4375; ROUND_ROBIN and RANDOM give it 1/4. The bound is the Binomial(400,
     expected) acceptance interval at ALPHA.
     """
-    enable(mesh, HEADER_MODE)
+    enable(mesh, HEADER_MODE.service)
     mesh.apply(manifest)
     busy = [Session(headers={HEADER: session_state.encode_header(pod.address)})
             for pod in mesh.pods() for _ in range(BUSY_PER_POD)]
@@ -409,7 +372,7 @@ def test_new_sessions_after_scale_up(manifest: str, expected: float, mesh: Mesh,
 def test_gateway_config_shows_sessions(mode: Mode, mesh: Mesh) -> None:
     """Flag on: the listener has the stateful_session filter and the route its per-route settings; the
     label sets override_host_status to HEALTHY, DRAINING, UNKNOWN, DEGRADED."""
-    enable(mesh, mode)
+    enable(mesh, mode.service)
     facts = mesh.gateway_facts()
     assert facts["session_filter"], "the gateway listener has no envoy.filters.http.stateful_session filter"
     states = [route["session_state"] for route in facts["routes"]]

@@ -17,29 +17,22 @@ from typing import Any
 
 import pytest
 
-from fixtures import session_state
-from fixtures.affinity import assert_not_sticky, assert_sticky
-from fixtures.hashing.algorithms import Algorithm, algorithm
-from fixtures.hashing.owners import owned_shares
-from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh
-from fixtures.probe import Probe, Session
-from fixtures.stats import ALPHA, binomial_acceptance, samples_to_see_all, samples_to_see_two, share_interval
-from fixtures.verdicts import unsupported
+from e2e.vocabulary import COOKIE, HEADER
+from harness.core.mesh import PERSISTENT_SESSION_FLAG, Mesh
+from harness.core.needs import needs
+from harness.core.stats import ALPHA, binomial_acceptance, samples_to_see_all, samples_to_see_two, share_interval
+from harness.core.verdicts import unsupported
+from harness.hashing.algorithms import Algorithm, algorithm
+from harness.hashing.owners import owned_shares
+from harness.traffic import session_state
+from harness.traffic.affinity import assert_not_sticky, assert_sticky
+from harness.traffic.probe import Probe, Session
 
-HEADER = "x-session-id"  # the hash key of the header rules, and the header label's session header
-COOKIE = "sticky-session"  # the cookie label's session cookie
 DEAD_POD_KEYS = 600  # keys per dead-pod check: +-0.07 at alpha 1e-4 around a share of 1/3
 RETRIED_REQUESTS = 300  # sequential requests of the no-hash dead-pod check
 
 
 HASH_RULES = [algorithm("ring-1024"), algorithm("maglev")]
-
-
-def require_pod_kill(mesh: Mesh) -> None:
-    """Skip (with the reason) on a mesh that cannot kill a pod's process behind the control plane's back."""
-    if type(mesh).kill_pod_process is Mesh.kill_pod_process:
-        unsupported(f"the {mesh.name} mesh cannot kill a pod's process while its endpoint stays ready "
-                    "(only the local mesh can; on a cluster the kubelet restarts the container)")
 
 
 def kill(mesh: Mesh, name: str) -> None:
@@ -54,6 +47,7 @@ def kill(mesh: Mesh, name: str) -> None:
     pytest.param(rule, id=rule.id, marks=pytest.mark.feature("consistent-hash-header", rule.feature))
     for rule in HASH_RULES
 ])
+@needs("pod-kill")
 def test_dead_pod_keys_follow_the_retry_policy(rule: Algorithm, mesh: Mesh, probe: Probe,
                                                figures: dict[str, Any]) -> None:
     """A pod's process dies while its endpoint is still ready. What happens to its keys depends on the
@@ -73,7 +67,6 @@ def test_dead_pod_keys_follow_the_retry_policy(rule: Algorithm, mesh: Mesh, prob
     fidelity test compares with real istiod's), so the test checks that Envoy does what that route says.
     The dead pod is chosen from the model (its largest owner), not from the measured keys.
     """
-    require_pod_kill(mesh)
     mesh.apply(rule.manifest)
     pods = mesh.pods()
     by_name = {pod.name: pod for pod in pods}
@@ -125,6 +118,7 @@ def test_dead_pod_keys_follow_the_retry_policy(rule: Algorithm, mesh: Mesh, prob
 
 
 @pytest.mark.feature("load-balancing")
+@needs("pod-kill")
 def test_dead_pod_without_hash_is_retried_on_another_pod(mesh: Mesh, probe: Probe,
                                                          figures: dict[str, Any]) -> None:
     """The negative side: without a consistent hash istiod's default retry policy keeps ``previous_hosts``
@@ -136,7 +130,6 @@ def test_dead_pod_without_hash_is_retried_on_another_pod(mesh: Mesh, probe: Prob
     request fails with probability at most 2^-13, and the failed count's acceptance bound at ALPHA comes
     from Binomial(n, 2^-13). Were the predicate missing, 1/27 of requests would fail (about 11 of 300).
     """
-    require_pod_kill(mesh)
     victim = mesh.pods()[0]
     kill(mesh, victim.name)
     sessions = [Session() for _ in range(RETRIED_REQUESTS)]
@@ -157,13 +150,12 @@ def test_dead_pod_without_hash_is_retried_on_another_pod(mesh: Mesh, probe: Prob
 # -- both session labels on one Service --------------------------------------------------------------------
 @pytest.mark.feature("stateful-cookie", "stateful-header")
 @pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"})
+@needs("istiod-env")
 def test_both_session_labels_cookie_wins(mesh: Mesh, probe: Probe, figures: dict[str, Any]) -> None:
     """Cookie and header labels on one Service: istiod uses the cookie and ignores the header label
     (release-1.30 pilot/pkg/networking/util/util.go MaybeBuildStatefulSessionFilterConfig). New sessions
     get the cookie and no header; a header value naming a pod pins nothing (the negative side); a cookie
     naming one pod wins over a header naming another."""
-    if not mesh.capabilities.can_set_istiod_env:
-        unsupported(mesh.capabilities.reason_no_istiod_env)
     mesh.apply("services/session-both-labels.yml")
     mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
     pods = mesh.pods()

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from fixtures.manifests import MANIFEST_DIR
-from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh
-from fixtures.verdicts import unsupported
+from harness.core.manifests import MANIFEST_DIR
+from harness.core.mesh import PERSISTENT_SESSION_FLAG, Mesh
+from harness.core.needs import needs
 
 SERVICES = ["02-service.yml", *sorted(f"services/{p.name}" for p in (MANIFEST_DIR / "services").glob("*.yml"))]
 RULES = [None, *sorted(f"destinationrules/{p.name}" for p in (MANIFEST_DIR / "destinationrules").glob("*.yml"))]
@@ -25,14 +25,11 @@ RULES = [None, *sorted(f"destinationrules/{p.name}" for p in (MANIFEST_DIR / "de
 @pytest.mark.feature("config")
 @pytest.mark.parametrize("flag", [
     pytest.param("off", id="off"),
-    pytest.param("on", id="on", marks=pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"})),
+    pytest.param("on", id="on", marks=[pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"}), needs("istiod-env")]),
 ])
+@needs("real-istiod")
 def test_real_istiod_agrees_with_the_translation(flag: str, mesh: Mesh, figures: dict[str, Any]) -> None:
-    if mesh.name == "local":
-        unsupported("the local mesh's gateway config is the translation itself; run with --mesh istiod or kind")
     if flag == "on":
-        if not mesh.capabilities.can_set_istiod_env:
-            unsupported(mesh.capabilities.reason_no_istiod_env)
         mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
     checked = []
     for service in SERVICES:

@@ -14,12 +14,22 @@ from typing import Any
 
 import pytest
 
-from fixtures import session_state
-from fixtures.affinity import assert_sticky, placement
-from fixtures.mesh import PERSISTENT_SESSION_FLAG, Mesh
-from fixtures.probe import Probe, Session
-from fixtures.verdicts import excluded, unsupported
-from fixtures.versions import parse
+from e2e.vocabulary import (
+    COOKIE,
+    HASH_HEADER_RULE,
+    HEADER,
+    NEEDS_UPGRADE_TARGET,
+    SESSION_COOKIE_SERVICE,
+    SESSION_HEADER_SERVICE,
+    enable,
+)
+from harness.core.mesh import PERSISTENT_SESSION_FLAG, Mesh
+from harness.core.needs import needs
+from harness.core.verdicts import excluded
+from harness.core.versions import parse
+from harness.traffic import session_state
+from harness.traffic.affinity import assert_sticky, placement
+from harness.traffic.probe import Probe, Session
 
 SESSIONS = 200
 
@@ -31,27 +41,18 @@ class Mechanism:
     new_session: Callable[[int], Session]
 
 
-def _stateful(service: str) -> Callable[[Mesh], None]:
-    def setup(mesh: Mesh) -> None:
-        if not mesh.capabilities.can_set_istiod_env:
-            unsupported(mesh.capabilities.reason_no_istiod_env)
-        mesh.apply(service)
-        mesh.set_istiod_env(PERSISTENT_SESSION_FLAG, "true")
-    return setup
-
-
-SESSIONS_ON = pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"})
+SESSIONS_ON = [pytest.mark.istiod_env({PERSISTENT_SESSION_FLAG: "true"}), needs("istiod-env")]
 MECHANISMS = [
-    pytest.param(Mechanism("stateful-header", _stateful("services/session-header.yml"),
-                           lambda i: Session(keep_header="x-session-id")),
-                 id="stateful-header", marks=[pytest.mark.feature("stateful-header"), SESSIONS_ON]),
-    pytest.param(Mechanism("stateful-cookie", _stateful("services/session-cookie.yml"), lambda i: Session()),
-                 id="stateful-cookie", marks=[pytest.mark.feature("stateful-cookie"), SESSIONS_ON]),
-    pytest.param(Mechanism("hash-ring", lambda mesh: mesh.apply("destinationrules/hash-header.yml"),
-                           lambda i: Session(headers={"x-session-id": f"upgrade-{i}"})),
+    pytest.param(Mechanism("stateful-header", lambda mesh: enable(mesh, SESSION_HEADER_SERVICE),
+                           lambda i: Session(keep_header=HEADER)),
+                 id="stateful-header", marks=[pytest.mark.feature("stateful-header"), *SESSIONS_ON]),
+    pytest.param(Mechanism("stateful-cookie", lambda mesh: enable(mesh, SESSION_COOKIE_SERVICE), lambda i: Session()),
+                 id="stateful-cookie", marks=[pytest.mark.feature("stateful-cookie"), *SESSIONS_ON]),
+    pytest.param(Mechanism("hash-ring", lambda mesh: mesh.apply(HASH_HEADER_RULE),
+                           lambda i: Session(headers={HEADER: f"upgrade-{i}"})),
                  id="hash-ring", marks=pytest.mark.feature("consistent-hash-header", "ring-hash")),
     pytest.param(Mechanism("hash-maglev", lambda mesh: mesh.apply("destinationrules/hash-header-maglev.yml"),
-                           lambda i: Session(headers={"x-session-id": f"upgrade-{i}"})),
+                           lambda i: Session(headers={HEADER: f"upgrade-{i}"})),
                  id="hash-maglev", marks=pytest.mark.feature("consistent-hash-header", "maglev")),
 ]
 
@@ -60,8 +61,8 @@ MECHANISMS = [
 def upgrade_target(request: pytest.FixtureRequest, session_mesh: Mesh) -> Iterator[str]:
     """The data plane to upgrade to; the mesh returns to where it started afterwards."""
     target = request.config.getoption("--upgrade-to")
-    if not target:
-        excluded("live upgrade needs --upgrade-to (local: an Envoy binary; kind: an Istio version)")
+    if not target:  # e2e/conftest.py excludes these tests at collection already; this is its backstop
+        excluded(NEEDS_UPGRADE_TARGET)
     original = session_mesh.data_plane_target
     yield str(target)
     session_mesh.upgrade_data_plane(original)
@@ -94,6 +95,7 @@ def test_sessions_survive_a_data_plane_upgrade(mechanism: Mechanism, mesh: Mesh,
 
 
 @pytest.mark.feature("stateful-cookie")
+@needs("boot-clock", "istiod-env")
 def test_ttl_cookie_clock_across_the_upgrade(mesh: Mesh, probe: Probe, upgrade_target: str,
                                             figures: dict[str, Any]) -> None:
     """A real difference between Envoy versions: a stateful cookie's expiry is seconds since boot up to
@@ -103,16 +105,14 @@ def test_ttl_cookie_clock_across_the_upgrade(mesh: Mesh, probe: Probe, upgrade_t
     stateful-cookie case above shows TTL-less cookies survive. Here each issued cookie is given the
     expiry A writes for a 3600 s TTL, on A's clock, and the test checks what B makes of it.
     """
-    if mesh.name != "local":
-        unsupported("needs the gateway host's boot clock, which only the local mesh shares with the test")
-    _stateful("services/session-cookie.yml")(mesh)
+    enable(mesh, SESSION_COOKIE_SERVICE)
     sessions = [Session() for _ in range(SESSIONS // 2)]
     probe.run(sessions)
     version_a = parse(mesh.versions()["envoy"])
     for session in sessions:
-        address = session_state.decode(session.cookies["sticky-session"]).address
+        address = session_state.decode(session.cookies[COOKIE]).address
         ttl_value = session_state.encode_cookie(address, expires=session_state.expiry_now(version_a) + 3600)
-        session.cookies["sticky-session"] = f'"{ttl_value}"'
+        session.cookies[COOKIE] = f'"{ttl_value}"'
     probe.run(sessions)
     assert not any(s.replies[-1].set_cookies() for s in sessions), "version A did not honour its own TTL cookies"
 

@@ -7,20 +7,20 @@ from typing import Any
 
 import pytest
 
-from fixtures.timeouts import Timeouts
+from harness.core.timeouts import Timeouts
 
 
 def missing_binaries() -> str | None:
     """Why the control plane cannot start without a Go build, or None when its binaries are cached."""
-    from fixtures.istiod_mesh import build
-    from fixtures.istiod_mesh.control_plane import ETCD_VERSION, KUBERNETES_VERSION
+    from harness.meshes.istiod import build
+    from harness.meshes.istiod.control_plane import ETCD_VERSION, KUBERNETES_VERSION
 
     for component in (build.kubernetes(KUBERNETES_VERSION), build.etcd(ETCD_VERSION)):
         directory = build.cache_root() / "bin" / component.key
         if not (directory / ".complete").exists() or not all(
                 (directory / name).exists() for name in component.binary_names()):
             return (f"{component.name} {component.version} is not built in {directory}: build it with "
-                    f"`python -m fixtures.istiod_mesh --build-only` (these tests never start a Go build)")
+                    f"`python -m harness.meshes.istiod --build-only` (these tests never start a Go build)")
     return None
 
 
@@ -30,7 +30,7 @@ def control_plane() -> Iterator[Any]:
     reason = missing_binaries()
     if reason:
         pytest.skip(reason)
-    from fixtures.istiod_mesh.control_plane import KubeControlPlane
+    from harness.meshes.istiod.control_plane import KubeControlPlane
 
     plane = KubeControlPlane(Timeouts()).start()
     try:

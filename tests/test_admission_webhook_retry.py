@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from fixtures.cluster.kube_mesh import KubeMesh
-from fixtures.timeouts import Timeouts
+from harness.core.timeouts import Timeouts
+from harness.meshes.kube.mesh import KubeMesh
 
 WEBHOOK_DOWN = ('{"message":"Internal error occurred: failed calling webhook \\"validation.istio.io\\": failed to '
                 'call webhook: Post \\"https://istiod.istio-system.svc:443/validate\\": connection refused"}')
@@ -29,8 +29,8 @@ class FlakyDynamic:
 
 
 def mesh_with(dynamic: FlakyDynamic, webhook_timeout: float) -> Any:
-    return SimpleNamespace(gateway_host=None, app_image=None, namespace="sticky-x", dynamic=dynamic,
-                           timeouts=Timeouts(admission_webhook=webhook_timeout))
+    return SimpleNamespace(gateway_host=None, config=SimpleNamespace(app_image=None), namespace="sticky-x",
+                           dynamic=dynamic, timeouts=Timeouts(admission_webhook=webhook_timeout))
 
 
 RULE = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "r"}, "spec": {}}

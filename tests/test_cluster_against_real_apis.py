@@ -32,10 +32,13 @@ from typing import Any
 
 import pytest
 
-from fixtures.cluster.helmfile import Release
-from fixtures.cluster.installed import find_istiod_release, not_helm_message
-from fixtures.cluster.istio import IstioHelm
-from fixtures.cluster.strategies import (
+from harness.core.mesh import PERSISTENT_SESSION_FLAG, MeshCapabilities, MeshError
+from harness.core.timeouts import Timeouts, poll
+from harness.meshes.istiod.releases import RELEASES
+from harness.meshes.kube.helmfile import Release
+from harness.meshes.kube.installed import find_istiod_release, not_helm_message
+from harness.meshes.kube.istio import IstioHelm
+from harness.meshes.kube.strategies import (
     ExecFailed,
     ExecGatewayAdmin,
     FoundIstiodControl,
@@ -44,16 +47,13 @@ from fixtures.cluster.strategies import (
     host_counters_over_replicas,
     pod_exec,
 )
-from fixtures.istiod_mesh.releases import RELEASES
-from fixtures.mesh import PERSISTENT_SESSION_FLAG, MeshCapabilities, MeshError
-from fixtures.timeouts import Timeouts, poll
 
 HELM_VERSION = "v3.21.4"
 
 
 # -- what the tests need, found without building anything --------------------------------------------------
 def helm_binary() -> Path | None:
-    from fixtures.istiod_mesh import build
+    from harness.meshes.istiod import build
 
     explicit = os.environ.get("HELM_BIN")
     if explicit:
@@ -73,7 +73,7 @@ def istio_charts() -> Path | None:
 def helm() -> Path:
     binary = helm_binary()
     if binary is None:
-        pytest.skip(f"Helm {HELM_VERSION} is not built here: `python -m fixtures.istiod_mesh --build-only` builds it")
+        pytest.skip(f"Helm {HELM_VERSION} is not built here: `python -m harness.meshes.istiod --build-only` builds it")
     return binary
 
 
@@ -81,7 +81,7 @@ def helm() -> Path:
 def charts() -> Path:
     found = istio_charts()
     if found is None:
-        pytest.skip("Istio's source is not in the Go module cache: `python -m fixtures.istiod_mesh --build-only` "
+        pytest.skip("Istio's source is not in the Go module cache: `python -m harness.meshes.istiod --build-only` "
                     "downloads it")
     return found
 
@@ -122,7 +122,7 @@ def test_unsetting_a_flag_renders_no_env_entry(helm: Path, charts: Path) -> None
 def test_the_baseline_is_what_the_chart_renders(helm: Path, charts: Path) -> None:
     """``env`` (1.24+ charts) and ``pilot.env`` both reach istiod, ``pilot.env`` winning: the baseline
     environment read from values says the same as the rendered Deployment."""
-    from fixtures.cluster.istio import env_of
+    from harness.meshes.kube.istio import env_of
 
     values = {"env": {PERSISTENT_SESSION_FLAG: "false", "PILOT_PERSISTENT_SESSION_LABEL": "my-cookie"},
               "pilot": {"env": {PERSISTENT_SESSION_FLAG: True}}}
@@ -206,7 +206,7 @@ def test_a_shared_istiod_is_restored_to_the_values_it_was_found_with(
     assert release.values == found_values
     istio = IstioHelm.for_installed(control_plane.kubeconfig, release, 120, wait=False, executable=str(helm),
                                     charts={"istiod": charts / "istio-control" / "istio-discovery"})
-    from fixtures.cluster.strategies import HelmIstiodControl
+    from harness.meshes.kube.strategies import HelmIstiodControl
 
     control = HelmIstiodControl(istio)
     assert control.baseline_env() == {PERSISTENT_SESSION_FLAG: "true"}, "only flags the translation reads"
@@ -359,12 +359,13 @@ def test_a_release_left_pending_by_a_killed_helm_is_recovered_on_kind_and_explai
 
 
 # -- KubeMesh against a real API server -----------------------------------------------------------------------------
-def kube_mesh(control_plane: Any, timeouts: Timeouts | None = None) -> Any:
-    from fixtures.cluster.kube_mesh import KubeMesh
+def kube_mesh(control_plane: Any, timeouts: Timeouts | None = None, **settings: Any) -> Any:
+    from harness.meshes.kube.config import KubeMeshConfig
+    from harness.meshes.kube.mesh import KubeMesh
 
-    return KubeMesh("kind", control_plane.api_client(), "http://127.0.0.1:9", timeouts or Timeouts(), istio=None,
-                    capabilities=MeshCapabilities(can_set_istiod_env=False),
-                    istiod_control=FoundIstiodControl("test", {}, "not here"))
+    return KubeMesh(control_plane.api_client(), KubeMeshConfig(
+        "kind", "http://127.0.0.1:9", timeouts or Timeouts(), MeshCapabilities(can_set_istiod_env=False),
+        istiod_control=FoundIstiodControl("test", {}, "not here"), **settings))
 
 
 def test_a_start_that_times_out_leaves_diagnostics_then_cleans_up_then_says_why(
@@ -374,18 +375,18 @@ def test_a_start_that_times_out_leaves_diagnostics_then_cleans_up_then_says_why(
     and the cluster go, and the run gets one MeshError instead of a TimeoutError per test."""
     from kubernetes import client
 
-    from fixtures.cluster.helmfile import install_plan
+    from harness.meshes.kube.helmfile import install_plan
 
     base = next(r for r in install_plan() if r.name == "istio-base")
     crds = IstioHelm(control_plane.kubeconfig, None, 120, plan=[replace(base, version="1.0.0")], wait=False,
                      executable=str(helm), charts={"base": charts / "base"})
-    mesh = kube_mesh(control_plane, replace(Timeouts(), deployment_rollout=3.0, namespace_delete=60.0))
     order: list[str] = []
-    mesh.preparations.append(lambda: (order.append("prepare"), crds.install()))
-    mesh.diagnostics_dir = tmp_path / "diagnostics"
+    mesh = kube_mesh(control_plane, replace(Timeouts(), deployment_rollout=3.0, namespace_delete=60.0),
+                     preparations=[lambda: (order.append("prepare"), crds.install())],
+                     diagnostics_dir=tmp_path / "diagnostics",
+                     after_close=[lambda: order.append("cluster deleted")])
     collect = mesh.collect_diagnostics
     mesh.collect_diagnostics = lambda directory: (order.append("diagnostics"), collect(directory))[1]
-    mesh.after_close.append(lambda: order.append("cluster deleted"))
     with pytest.raises(MeshError) as error:
         mesh.start()
     message = str(error.value)
@@ -405,18 +406,17 @@ def test_stale_namespaces_of_this_suite_are_deleted(control_plane: Any) -> None:
     namespaces without the label, and (on a shared cluster) recent ones, are left alone."""
     from kubernetes import client
 
-    from fixtures.cluster.kube_mesh import FIELD_MANAGER, MANAGED_BY_LABEL
+    from harness.meshes.kube.mesh import FIELD_MANAGER, MANAGED_BY_LABEL
 
     core = client.CoreV1Api(control_plane.api_client())
     stale, other = f"sticky-{uuid.uuid4().hex[:6]}", f"other-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
         name=stale, labels={MANAGED_BY_LABEL: FIELD_MANAGER})))
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
-    mesh = kube_mesh(control_plane)
-    mesh.stale_namespace_age = 3600.0  # a shared cluster: only namespaces older than any run
-    assert stale not in mesh.delete_stale_namespaces()
-    mesh.stale_namespace_age = 0.0  # kind: every earlier run's namespace
-    assert stale in mesh.delete_stale_namespaces()
+    shared = kube_mesh(control_plane, stale_namespace_age=3600.0)  # only namespaces older than any run
+    assert stale not in shared.delete_stale_namespaces()
+    own = kube_mesh(control_plane, stale_namespace_age=0.0)  # kind: every earlier run's namespace
+    assert stale in own.delete_stale_namespaces()
     assert core.read_namespace(stale).metadata.deletion_timestamp is not None
     assert core.read_namespace(other).metadata.deletion_timestamp is None
     core.delete_namespace(other)
@@ -583,8 +583,8 @@ class TwoReplicas:
 
 @pytest.fixture
 def local_mesh() -> Iterator[Any]:
-    from fixtures.local.envoy import find_envoy
-    from fixtures.local.mesh import LocalMesh
+    from harness.meshes.local.envoy import find_envoy
+    from harness.meshes.local.mesh import LocalMesh
 
     mesh = LocalMesh(find_envoy(None), Timeouts()).start()
     try:
@@ -594,7 +594,7 @@ def local_mesh() -> Iterator[Any]:
 
 
 def test_counters_are_summed_over_replicas_that_agree(local_mesh: Any) -> None:
-    from fixtures.probe import Probe
+    from harness.traffic.probe import Probe
 
     Probe(local_mesh.gateway_url).spread(60)
     cluster = local_mesh._app_cluster()
@@ -622,7 +622,7 @@ def test_replicas_that_disagree_are_waited_for(local_mesh: Any) -> None:
     replicas.snapshot = {}
     assert len(host_counters_over_replicas(replicas, cluster)) == 4
     dump = config_dump_over_replicas(replicas, "config_dump", cluster)
-    from fixtures import envoy_state
+    from harness.core import envoy_state
 
     assert envoy_state.gateway_facts(dump, cluster)["cluster"]["lb_policy"] == "MAGLEV"
 
@@ -631,7 +631,7 @@ def test_replicas_that_disagree_are_waited_for(local_mesh: Any) -> None:
 def cluster_run(control_plane: Any, helm: Path, tmp_path: Path, *options: str) -> str:
     import sys
 
-    from fixtures.manifests import PROJECT_ROOT
+    from harness.core.manifests import PROJECT_ROOT
 
     env = {**os.environ, "PATH": f"{helm.parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

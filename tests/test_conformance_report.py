@@ -11,9 +11,20 @@ from typing import Any
 import pytest
 import yaml
 
-from fixtures.manifests import PROJECT_ROOT
-from fixtures.report.gate import compare, main, render
-from fixtures.report.writer import dump, write_text_atomically
+from harness.core.manifests import PROJECT_ROOT
+from harness.report import gate, schema
+from harness.report.gate import Comparison, main, render
+from harness.report.schema import ConformanceReport
+from harness.report.writer import write_text_atomically
+
+
+def compare(before: dict[str, Any], after: dict[str, Any], alpha: float = 1e-4) -> Comparison:
+    """The gate on reports written as plain data (what the YAML holds)."""
+    return gate.compare(ConformanceReport.from_dict(before), ConformanceReport.from_dict(after), alpha)
+
+
+def dump(raw: dict[str, Any], path: Path) -> str:
+    return schema.dump(ConformanceReport.from_dict(raw), path)
 
 FAKE_SUITE = '''
 import pytest
@@ -49,7 +60,7 @@ def run_fake_suite(tmp_path: Path, *args: str,
     summary = tmp_path / "summary.md"
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "GITHUB_STEP_SUMMARY": str(summary)}
     process = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "fixtures.plugin", "-p", "fixtures.report.writer",
+        [sys.executable, "-m", "pytest", "-p", "harness.plugin", "-p", "harness.report.writer",
          "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--report", str(report), "e2e", *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120,
     )
@@ -243,11 +254,11 @@ def test_figures_that_are_not_shares_are_reported_never_judged_and_never_crash()
     assert "<details><summary>2 figures" in render(result, markdown=True)
 
 
-# -- verdicts that do not depend on chance (fixtures/verdicts.py) -----------------------------------------
+# -- verdicts that do not depend on chance (harness/core/verdicts.py) -----------------------------------------
 VERDICT_SUITE = '''
 import pytest
 
-from fixtures.verdicts import KNOWN_DEFECTS, KnownDefect, excluded, exposed_to, unsupported
+from harness.core.verdicts import KNOWN_DEFECTS, KnownDefect, excluded, exposed_to, unsupported
 
 KNOWN_DEFECTS["coin"] = KnownDefect("coin", "an upstream bug that shows by chance", ("upstream#1",),
                                     applies=lambda mesh: True)
@@ -323,7 +334,7 @@ def test_reports_keep_one_file_per_run_and_latest_points_at_the_last_complete(tm
 
     def run(suite: str) -> None:
         (tmp_path / "e2e" / "test_fake.py").write_text(suite)
-        subprocess.run([sys.executable, "-m", "pytest", "-p", "fixtures.plugin", "-p", "fixtures.report.writer",
+        subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.plugin", "-p", "harness.report.writer",
                         "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "e2e"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120)
 
@@ -345,7 +356,7 @@ def test_an_unwritable_report_path_stops_the_run_before_it_starts(tmp_path: Path
     blocker.write_text("")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     process = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "fixtures.plugin", "-p", "fixtures.report.writer",
+        [sys.executable, "-m", "pytest", "-p", "harness.plugin", "-p", "harness.report.writer",
          "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "--report", str(blocker / "r.yaml"), "e2e"],
         cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120)
     assert process.returncode == 4

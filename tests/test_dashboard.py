@@ -16,8 +16,8 @@ import promql_parser
 import pytest
 import yaml
 
-from fixtures.cluster.helmfile import install_plan
-from fixtures.manifests import PROJECT_ROOT
+from harness.core.manifests import PROJECT_ROOT
+from harness.meshes.kube.helmfile import install_plan
 
 OBSERVABILITY = PROJECT_ROOT / "observability"
 DASHBOARD = OBSERVABILITY / "dashboards" / "sticky-sessions.json"

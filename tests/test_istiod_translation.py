@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
-from fixtures import manifests
-from fixtures.local.envoy import EnvoyGateway
-from fixtures.local.istiod import (
+from harness.core import manifests
+from harness.core.mesh import PERSISTENT_SESSION_FLAG, MeshError
+from harness.core.timeouts import Timeouts
+from harness.istio_model.translation import (
     GATEWAY_TARGET_PORT,
     OVERRIDE_HOST_STATUSES,
     PINNED_ISTIO,
@@ -19,8 +20,7 @@ from fixtures.local.istiod import (
     GatewayConfig,
     Translator,
 )
-from fixtures.mesh import PERSISTENT_SESSION_FLAG, MeshError
-from fixtures.timeouts import Timeouts
+from harness.meshes.local.envoy import EnvoyGateway
 
 SOURCES = {kind: {"path_config_source": {"path": f"/x/{kind}.json"}} for kind in ("rds", "eds")}
 ENDPOINTS = {"sticky-session-app": [Endpoint("127.1.1.1", 5678), Endpoint("127.1.1.2", 5678, draining=True)]}

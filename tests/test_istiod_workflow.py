@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from fixtures.istiod_mesh.releases import RELEASES
-from fixtures.manifests import PROJECT_ROOT
+from harness.core.manifests import PROJECT_ROOT
+from harness.meshes.istiod.releases import RELEASES
 
 
 def test_istiod_job_covers_the_pinned_releases() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.manifests import PROJECT_ROOT
+from harness.core.manifests import PROJECT_ROOT
 
 LEG = PROJECT_ROOT / ".ci" / "kind-leg.sh"
 
@@ -88,12 +88,12 @@ def test_start_lines_show_while_the_mesh_fixture_runs(tmp_path: Path) -> None:
     """The mesh starts inside a session fixture, whose output pytest captures: the progress lines (cluster,
     cgroup v1 patch, Istio install) must still reach the terminal, not only a failure's captured output."""
     (tmp_path / "test_start.py").write_text(
-        "import pytest\nfrom fixtures.cluster.plugin import progress\n\n"
+        "import pytest\nfrom harness.core.provider import progress\n\n"
         "@pytest.fixture(scope='session')\ndef started(request):\n    progress(request.config, 'start line')\n\n"
         "def test_uses_it(started):\n    pass\n")
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "--rootdir", str(tmp_path), "-c", os.devnull, "-p", "fixtures.plugin", "-p",
-                             "fixtures.cluster.plugin", str(tmp_path / "test_start.py")],
+                             "--rootdir", str(tmp_path), "-c", os.devnull, "-p", "harness.plugin", "-p",
+                             "harness.meshes.kube.provider", str(tmp_path / "test_start.py")],
                             cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[local] start line" in result.stdout

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.manifests import PROJECT_ROOT
-from fixtures.timeouts import poll
+from harness.core.manifests import PROJECT_ROOT
+from harness.core.timeouts import poll
 
 CASE = PROJECT_ROOT / "tests" / "lifecycle_cases" / "case_mesh_run.py"
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from fixtures.istiod_mesh.addresses import WILDCARD, XDS_PLAINTEXT_PORT, claim_addresses, free_port, port_is_free
-from fixtures.istiod_mesh.istio import bootstrap_on_address
-from fixtures.istiod_mesh.stack import gateway_service
-from fixtures.local import processes
-from fixtures.mesh import MeshError
+from harness import processes
+from harness.core.mesh import MeshError
+from harness.meshes.istiod.addresses import WILDCARD, XDS_PLAINTEXT_PORT, claim_addresses, free_port, port_is_free
+from harness.meshes.istiod.istio import bootstrap_on_address
+from harness.meshes.istiod.stack import gateway_service
 
 
 def test_children_start_from_an_explicit_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +124,7 @@ def _istiod_pod(name: str, created: str) -> dict[str, Any]:
 
 
 def test_istiod_runs_with_exactly_its_pods_environment() -> None:
-    from fixtures.istiod_mesh.istiod_pods import discovery_container, node_capacity, pod_env
+    from harness.meshes.istiod.istiod_pods import discovery_container, node_capacity, pod_env
 
     pod = _istiod_pod("istiod-abc", "2026-12-03T13:00:00Z")
     env = pod_env(pod, discovery_container(pod), "127.30.1.10", "node")
@@ -133,7 +133,7 @@ def test_istiod_runs_with_exactly_its_pods_environment() -> None:
 
 
 def test_the_newest_istiod_pod_runs_and_rollouts_complete_as_kubectl_decides() -> None:
-    from fixtures.istiod_mesh.istiod_pods import newest, rollout_done
+    from harness.meshes.istiod.istiod_pods import newest, rollout_done
 
     old, new = _istiod_pod("istiod-old", "2026-12-03T13:00:00Z"), _istiod_pod("istiod-new", "2026-12-03T13:05:00Z")
     assert newest([old, new]) is new
@@ -155,7 +155,7 @@ def test_the_newest_istiod_pod_runs_and_rollouts_complete_as_kubectl_decides() -
 def test_kubelet_api_serves_container_logs(tmp_path: Path) -> None:
     import httpx
 
-    from fixtures.istiod_mesh.kubelet_api import KubeletServer, LogSource
+    from harness.meshes.istiod.kubelet_api import KubeletServer, LogSource
 
     log = tmp_path / "pod.log"
     log.write_text("one\n[node-agent 13:00:00.000] container started\ntwo\nthree\n")
@@ -177,7 +177,7 @@ def test_kubelet_api_serves_container_logs(tmp_path: Path) -> None:
 
 
 def test_local_mesh_by_hand_refuses_a_malformed_flag_before_starting(capsys: pytest.CaptureFixture[str]) -> None:
-    from fixtures import local_mesh
+    from harness.meshes.local import __main__ as local_mesh
 
     assert local_mesh.main(["--istiod-env", "PILOT_ENABLE_PERSISTENT_SESSION_FILTER"]) == 2
     assert capsys.readouterr().err.strip() == (

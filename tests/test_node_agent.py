@@ -24,12 +24,14 @@ from typing import Any
 import httpx
 import pytest
 
-from fixtures.istiod_mesh import node_agent
-from fixtures.istiod_mesh.node_agent import (
-    MIN_KILL_GRACE,
+from harness import processes
+from harness.core.manifests import APP_SOURCE, load
+from harness.core.timeouts import Timeouts, poll
+from harness.meshes.istiod import node_agent
+from harness.meshes.istiod.node_agent import NodeAgent
+from harness.meshes.istiod.pod_runner import MIN_KILL_GRACE, PodRunner
+from harness.meshes.istiod.pod_spec import (
     ContainerState,
-    NodeAgent,
-    PodRunner,
     UnsupportedPod,
     container_argv,
     container_env,
@@ -39,10 +41,7 @@ from fixtures.istiod_mesh.node_agent import (
     launch_spec,
     pod_status,
 )
-from fixtures.local import processes
-from fixtures.local.pods import AddressPool
-from fixtures.manifests import APP_SOURCE, load
-from fixtures.timeouts import Timeouts, poll
+from harness.meshes.local.pods import AddressPool
 
 NAMESPACE = "sticky-test"
 PRE_STOP = ["python3", "-c", "import time; time.sleep(4)"]  # the manifest's 30 s, shortened for speed
@@ -559,8 +558,8 @@ def test_processes_die_with_the_agent_process(control_plane: Any, tmp_path: Path
     script = f"""
 import json, sys
 from pathlib import Path
-from fixtures.istiod_mesh.node_agent import NodeAgent
-from fixtures.timeouts import Timeouts, poll
+from harness.meshes.istiod.node_agent import NodeAgent
+from harness.core.timeouts import Timeouts, poll
 from kubernetes import client, config
 api = config.new_client_from_config(config_file={str(control_plane.kubeconfig)!r})
 client.CoreV1Api(api).create_namespace({{"metadata": {{"name": {namespace!r}}}}})
@@ -580,7 +579,7 @@ os.kill(os.getpid(), signal.SIGKILL)
         pod["metadata"].pop(key)
     pod["spec"].pop("nodeName")
     result = subprocess.run([sys.executable, "-c", script, json.dumps(pod)], capture_output=True, text=True,
-                            timeout=60, cwd=Path(node_agent.__file__).resolve().parents[2], check=False)
+                            timeout=60, cwd=Path(node_agent.__file__).resolve().parents[3], check=False)
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     pid = int(result.stdout.split()[0])
     for attempt in poll(5.0, "pod process gone with its parent"):

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.local.envoy import wait_until_bindable
-from fixtures.manifests import PROJECT_ROOT
-from fixtures.mesh import MeshError
+from harness.core.manifests import PROJECT_ROOT
+from harness.core.mesh import MeshError
+from harness.meshes.local.envoy import wait_until_bindable
 
 
 def run_suite(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "e2e").mkdir(exist_ok=True)
     (tmp_path / "e2e" / "test_x.py").write_text("def test_x():\n    pass\n")
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "fixtures.plugin", "-p", "fixtures.report.writer",
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "harness.plugin", "-p", "harness.report.writer",
                            "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "e2e", *args],
                           cwd=tmp_path, env=env, capture_output=True, text=True, check=False, timeout=120)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fixtures.probe import Probe, Reply, Session, parse_identity
+from harness.traffic.probe import Probe, Reply, Session, parse_identity
 
 
 def reply(body: str = "Pod: app-abc-x1 - IP: 127.0.0.5\n", **headers: str) -> Reply:

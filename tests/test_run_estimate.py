@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from fixtures.local.mesh import LocalMesh
-from fixtures.mesh import COUNTED_OPERATIONS
-from fixtures.report import estimate as run_estimate
+from harness.core.mesh import COUNTED_OPERATIONS
+from harness.meshes.local.mesh import LocalMesh
+from harness.report import estimate as run_estimate
 
 
 def test_every_counted_operation_is_priced() -> None:
@@ -42,7 +42,7 @@ def test_estimate_adds_each_count_at_its_cost() -> None:
 
 def test_operation_time_is_the_outermost_operations(monkeypatch: Any) -> None:
     """A reset that applies inside is timed as a reset only; the estimate is calibrated on these seconds."""
-    import fixtures.mesh as mesh_module
+    import harness.core.mesh as mesh_module
 
     ticks = iter([0.0, 1.0, 4.0, 10.0, 12.0])  # reset starts, its apply starts, reset ends; an apply: 10 -> 12
     monkeypatch.setattr(mesh_module.time, "monotonic", lambda: next(ticks))

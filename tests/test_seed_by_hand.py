@@ -1,6 +1,6 @@
 """The seed's README by hand on the istiod mesh: real ``kubectl`` and ``curl`` subprocesses, as a person types them.
 
-``python -m fixtures.istiod_mesh`` is started the way the README says, with
+``python -m harness.meshes.istiod`` is started the way the README says, with
 ``PILOT_ENABLE_PERSISTENT_SESSION_FILTER=true`` exported in its environment (which must not reach istiod),
 and the lines it prints are used as a shell would (``export ...``). Then the seed's steps, in order: apply,
 the INGRESS_HOST/INGRESS_PORT lines, the curl loops, Step 1 (``kubectl set env deploy/istiod``, ``rollout
@@ -26,16 +26,16 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.manifests import APP_SOURCE, MANIFEST_DIR, PROJECT_ROOT
-from fixtures.timeouts import poll
+from harness.core.manifests import APP_SOURCE, MANIFEST_DIR, PROJECT_ROOT
+from harness.core.timeouts import poll
 
 START_TIMEOUT = float(os.environ.get("STICKY_TIMEOUT_HANDS_ON_START", "240"))
 STEP_TIMEOUT = 60.0
 
 
 def missing() -> str | None:
-    from fixtures.istiod_mesh import build, releases
-    from fixtures.istiod_mesh.control_plane import ETCD_VERSION, KUBERNETES_VERSION
+    from harness.meshes.istiod import build, releases
+    from harness.meshes.istiod.control_plane import ETCD_VERSION, KUBERNETES_VERSION
 
     release = releases.release(None)
     for component in (build.kubernetes(KUBERNETES_VERSION), build.etcd(ETCD_VERSION),
@@ -44,14 +44,14 @@ def missing() -> str | None:
         if not (directory / ".complete").exists() or not all(
                 (directory / name).exists() for name in component.binary_names()):
             return (f"{component.name} {component.version} is not built in {directory}: build it with "
-                    f"`python -m fixtures.istiod_mesh --build-only` (this test never starts a Go build)")
+                    f"`python -m harness.meshes.istiod --build-only` (this test never starts a Go build)")
     if not (build.cache_root() / "envoy" / release.envoy / "envoy" / "_bin" / "envoy").exists():
-        return f"Envoy {release.envoy} is not installed: `python -m fixtures.istiod_mesh --build-only`"
+        return f"Envoy {release.envoy} is not installed: `python -m harness.meshes.istiod --build-only`"
     return None
 
 
 def descendants(pid: int) -> set[int]:
-    from fixtures.local.processes import children
+    from harness.processes import children
 
     found: set[int] = set()
     pending = [pid]
@@ -65,7 +65,7 @@ def descendants(pid: int) -> set[int]:
 
 @dataclass
 class HandsOnMesh:
-    """A running ``python -m fixtures.istiod_mesh`` and the shell environment its printed lines give."""
+    """A running ``python -m harness.meshes.istiod`` and the shell environment its printed lines give."""
 
     process: subprocess.Popen[str]
     log: Path
@@ -99,7 +99,7 @@ def start_hands_on(tmp_path: Path, name: str) -> HandsOnMesh:
     log = tmp_path / f"{name}.log"
     exported = {**os.environ, "PILOT_ENABLE_PERSISTENT_SESSION_FILTER": "true", "PYTHONUNBUFFERED": "1"}
     with log.open("w") as err:
-        process = subprocess.Popen([sys.executable, "-m", "fixtures.istiod_mesh"], stdout=subprocess.PIPE,
+        process = subprocess.Popen([sys.executable, "-m", "harness.meshes.istiod"], stdout=subprocess.PIPE,
                                    stderr=err, text=True, env=exported, cwd=PROJECT_ROOT)
     return HandsOnMesh(process, log)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fixtures import session_state
+from harness.traffic import session_state
 
 
 def test_header_value_is_base64_of_address() -> None:

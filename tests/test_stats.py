@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from scipy import stats as scipy_stats
 
-from fixtures.stats import (
+from harness.core.stats import (
     ALPHA,
     binomial_acceptance,
     clopper_pearson,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from fixtures.cluster.supported import (
+from harness.core.manifests import PROJECT_ROOT
+from harness.meshes.kube.supported import (
     END_OF_LIFE,
     HELM_CLIENT_GO_MINOR,
     HELM_VERSION,
@@ -20,7 +21,6 @@ from fixtures.cluster.supported import (
     minor_of,
     supports,
 )
-from fixtures.manifests import PROJECT_ROOT
 
 WORKFLOWS = sorted((PROJECT_ROOT / ".github" / "workflows").glob("*.yml"))
 BIN = Path(__file__).resolve().parents[1] / ".venv" / "bin"
@@ -141,7 +141,7 @@ def test_kind_workflow_runs_when_anything_it_uses_changes() -> None:
     for pattern in paths:
         assert list(PROJECT_ROOT.glob(pattern.removesuffix("/**") if pattern.endswith("/**") else pattern)), (
             f"the path filter {pattern} matches nothing in the project")
-    for used in ("observability", "helm", "kind", "manifests", "app", "fixtures", "e2e"):
+    for used in ("observability", "helm", "kind", "manifests", "app", "harness", "e2e"):
         assert f"{used}/**" in paths, f"{used}/ changes what the kind legs run"
     for used in ("helmfile.yaml", "conftest.py", "pyproject.toml", "Makefile"):
         assert used in paths
@@ -154,5 +154,5 @@ def test_compare_jobs_take_versions_from_the_legs_not_a_second_list(path: Path) 
                                  and workflow["jobs"][name].get("strategy"))]["strategy"]["matrix"]
     versions = legs.get("envoy") or [leg["istio"] for leg in legs["include"]]
     script = "\n".join(step.get("run", "") for step in steps(workflow["jobs"]["compare"]))
-    assert "fixtures.report.gate" in script
+    assert "harness.report.gate" in script
     assert not [v for v in versions if v in script], "the matrix is the one place for versions"

@@ -7,8 +7,8 @@ import os
 import threading
 from pathlib import Path
 
-from fixtures.local.mesh import LocalMesh
-from fixtures.mesh import Mesh
+from harness.core.mesh import Mesh
+from harness.meshes.local.mesh import LocalMesh
 
 
 def test_record_then_misbehave(mesh: Mesh) -> None:

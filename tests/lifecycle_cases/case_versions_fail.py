@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-import fixtures.plugin
-from fixtures.mesh import HostCounters, Mesh, MeshCapabilities, MeshError, Pod
+import harness.plugin
+from harness.core.envoy_state import HostCounters
+from harness.core.mesh import Mesh, MeshCapabilities, MeshError, Pod
 
 
 class VersionlessMesh(Mesh):
@@ -63,7 +64,7 @@ def _open(config: pytest.Config) -> Mesh:
     return VersionlessMesh()
 
 
-fixtures.plugin.open_mesh = _open  # what conftest's session_mesh opens in this child run
+harness.plugin.open_mesh = _open  # what conftest's session_mesh opens in this child run
 
 
 def test_one(session_mesh: Mesh) -> None:
