@@ -8,6 +8,9 @@ Options (``pytest --help`` lists them under "sticky sessions"):
   --front-door gateway|sidecar  where the probe's requests enter the mesh (default gateway): the ingress
                               gateway, or a client workload's sidecar (its outbound listener), east-west
 
+Each mesh's own options (kind's chart repository, a cluster's --allow-istiod-restart, ...) come from its
+provider (``harness/meshes/registry.py``); the selected provider checks them before anything starts.
+
 Tests declare what they exercise with ``@pytest.mark.feature("name", ...)`` and record what they measured
 with the ``figures`` fixture; with ``-v`` the figures are printed after each test.
 """
