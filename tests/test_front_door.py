@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fixtures import envoy_state, manifests
-from fixtures.istiod_mesh.sidecar import OutboundPathCheck, outbound_cluster, service_host, sidecar_resource
+from fixtures.front_door import OutboundPathCheck, outbound_cluster, service_host, sidecar_resource
 from fixtures.local.istiod import Translator
 from fixtures.mesh import APP_PORT, PERSISTENT_SESSION_FLAG, MeshError
 from fixtures.plugin import FRONT_DOORS, MESHES, MISSING_FRONT_DOORS
