@@ -34,7 +34,8 @@ def test_client_objects_bind_an_outbound_listener_the_node_port_reaches() -> Non
     # The Sidecar: one egress listener on the app's port, bound (captureMode NONE) on every pod address.
     assert sidecar["spec"]["workloadSelector"] == {"labels": labels}
     assert sidecar["spec"]["egress"] == [{"port": {"number": APP_PORT, "protocol": "HTTP", "name": "http"},
-                                          "bind": "0.0.0.0", "captureMode": "NONE", "hosts": ["./*"]}]
+                                          "bind": sidecar_door.BIND, "captureMode": "NONE", "hosts": ["./*"]}]
+    assert sidecar_door.BIND == "0.0.0.0"  # noqa: S104 - the wildcard: the listener a capturing sidecar has
     # The NodePort Service: kind's mapped node port to that listener's port on the client pod.
     assert service["spec"]["type"] == "NodePort"
     assert service["spec"]["selector"] == labels
@@ -103,7 +104,7 @@ def listener_dump(direction: str, *, resource: bool = False) -> dict[str, Any]:
     ``?resource=dynamic_listeners`` gives it (each listener one config)."""
     entry = {"active_state": {"listener": {
         "name": f"0.0.0.0_{APP_PORT}", "traffic_direction": direction,
-        "address": {"socket_address": {"address": "0.0.0.0", "port_value": APP_PORT}}, "filter_chains": []}}}
+        "address": {"socket_address": {"address": sidecar_door.BIND, "port_value": APP_PORT}}, "filter_chains": []}}}
     return {"configs": [entry] if resource else [{"dynamic_listeners": [entry]}]}
 
 
@@ -192,7 +193,7 @@ def test_the_door_makes_the_client_sidecar_the_front_door() -> None:
 
 
 def test_a_cluster_kept_before_the_door_existed_is_refused_with_the_way_out() -> None:
-    with pytest.raises(MeshError, match="created without the sidecar door's port mapping.*--cluster-name"):
+    with pytest.raises(MeshError, match=r"created without the sidecar door's port mapping.*--cluster-name"):
         sidecar_door.use_kind_sidecar_door(kube_mesh_shell(), 0, lambda _: None)
 
 
@@ -220,3 +221,37 @@ def test_manifests_are_applied_on_the_routed_host_not_the_probes() -> None:
 def test_kind_has_the_sidecar_door_and_the_cluster_mesh_says_why_it_has_not() -> None:
     assert "kind" not in MISSING_FRONT_DOORS
     assert "NodePort" in MISSING_FRONT_DOORS["cluster"]["sidecar"]
+
+
+def test_a_node_port_still_held_by_an_earlier_runs_namespace_is_waited_out() -> None:
+    """The kind opener deletes earlier runs' namespaces without waiting: their Service may hold the node port
+    for a moment. The API server then refuses the Service (422 "already allocated"), which is retried."""
+    from kubernetes.client.exceptions import ApiException
+
+    attempts: list[str] = []
+
+    def apply(obj: dict[str, Any]) -> None:
+        attempts.append(obj["kind"])
+        if len(attempts) < 3:
+            error = ApiException(status=422, reason="Unprocessable Entity")
+            error.body = '{"message":"Service \\"sticky-client\\" is invalid: spec.ports[0].nodePort: Invalid ' \
+                         'value: 30081: provided port is already allocated"}'
+            raise error
+
+    mesh = kube_mesh_shell()
+    mesh._server_side_apply = apply
+    client = sidecar_door.KindClientSidecar(mesh, 23457, lambda _: None)
+    client._apply({"kind": "Service"})
+    assert attempts == ["Service"] * 3
+
+
+def test_any_other_refusal_is_final() -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    def apply(obj: dict[str, Any]) -> None:
+        raise ApiException(status=422, reason="Unprocessable Entity")
+
+    mesh = kube_mesh_shell()
+    mesh._server_side_apply = apply
+    with pytest.raises(ApiException):
+        sidecar_door.KindClientSidecar(mesh, 23457, lambda _: None)._apply({"kind": "Service"})
