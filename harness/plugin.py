@@ -44,7 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "(local: another Envoy binary; kind: an Istio version)")
     group.addoption("--front-door", choices=FRONT_DOORS, default="gateway",
                     help="where requests enter the mesh: the ingress gateway (default) or a client sidecar's "
-                    "outbound listener (east-west; --mesh istiod)")
+                    "outbound listener (east-west; local, istiod and kind meshes)")
     group.addoption("--keep-workdir", action="store_true", help="keep the local mesh's temp dir (config, logs)")
     group.addoption("--diagnostics-dir", default="reports/diagnostics",
                     help="where a failed test's diagnostics go (events, logs, config_dump)")

@@ -29,7 +29,7 @@ class FlakyDynamic:
 
 
 def mesh_with(dynamic: FlakyDynamic, webhook_timeout: float) -> Any:
-    return SimpleNamespace(gateway_host=None, config=SimpleNamespace(app_image=None), namespace="sticky-x",
+    return SimpleNamespace(routed_host=None, config=SimpleNamespace(app_image=None), namespace="sticky-x",
                            dynamic=dynamic, timeouts=Timeouts(admission_webhook=webhook_timeout))
 
 

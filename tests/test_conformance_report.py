@@ -193,6 +193,18 @@ def test_deselected_tests_are_not_reported(tmp_path: Path) -> None:
     assert "Partial run" in path.with_suffix(".md").read_text()
 
 
+def test_a_k_expression_longer_than_a_file_name_is_no_path(tmp_path: Path) -> None:
+    """The writer looks for e2e paths among the arguments; a -k value of 256+ characters (the kind leg's named
+    subsets) made that lookup fail with ENAMETOOLONG at the end of the run, losing the report."""
+    expression = " or ".join(["test_passes", *(f"test_not_there_{i:03d}" for i in range(20))])
+    assert len(expression) > 255
+    process, path = run_fake_suite(tmp_path, "-k", expression)
+    assert process.returncode == 0, process.stdout + process.stderr
+    report = yaml.safe_load(path.read_text())
+    assert report["summary"] == {"passed": 1}
+    assert report["selection"]["keyword"] == expression
+
+
 def test_report_is_readable_by_others_and_the_step_summary_has_no_relative_links(tmp_path: Path) -> None:
     _, path = run_fake_suite(tmp_path)
     umask = os.umask(0)

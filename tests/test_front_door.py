@@ -13,7 +13,7 @@ import pytest
 from harness.core import envoy_state, manifests
 from harness.core.mesh import APP_PORT, PERSISTENT_SESSION_FLAG, MeshError
 from harness.istio_model import translator_for
-from harness.meshes.istiod.sidecar import OutboundPathCheck, outbound_cluster, service_host, sidecar_resource
+from harness.meshes.kube.front_door import OutboundPathCheck, outbound_cluster, service_host, sidecar_resource
 from harness.meshes.registry import PROVIDERS
 from harness.plugin import FRONT_DOORS
 

@@ -241,7 +241,11 @@ class ReportWriter:
 
         def selects_e2e(arg: str) -> bool:  # e2e/, something in it, or a folder holding it (not option values)
             target = (base / arg.split("::", maxsplit=1)[0]).resolve()
-            return target.exists() and (target.is_relative_to(suite) or suite.is_relative_to(target))
+            try:
+                exists = target.exists()
+            except OSError:  # an option's value, e.g. a -k expression longer than a file name may be
+                return False
+            return exists and (target.is_relative_to(suite) or suite.is_relative_to(target))
 
         paths = [a for a in map(str, self.config.invocation_params.args) if not a.startswith("-") and selects_e2e(a)]
 

@@ -19,7 +19,9 @@ Routing is then the sidecar outbound class throughout: the outbound HCM (with th
 filter when the flag is on, listener_builder.go), the per-Service virtual host (with StatefulSessionPerRoute
 for a labelled Service, httproute.go), its default route (hash policy from the DestinationRule,
 route.go buildSidecarVirtualHostForService) and the ``outbound|5678||...`` cluster. ``OutboundPathCheck``
-verifies that in every config_dump the suite reads from the sidecar, and the run's report records it.
+verifies that in every config_dump the suite reads from the sidecar, and the run's report records it. The
+Sidecar resource, that check and the wiring into KubeMesh are shared with kind's door
+(``harness/meshes/kube/front_door.py``; kind's client is an injected pod, ``harness/meshes/kube/sidecar_door.py``).
 
 What differs from an app calling through iptables capture: there, the app connects to the Service's
 ClusterIP, iptables redirects to the virtual outbound listener (15001), whose original-destination lookup
@@ -31,110 +33,23 @@ istiod code (the egress listener's services), which is what session affinity dep
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from harness import processes
-from harness.core.mesh import APP_NAME, APP_PORT, MeshError
+from harness.core.mesh import APP_PORT, MeshError
 from harness.meshes.istiod.istio import NODE_NAME, GatewayProcess
-from harness.meshes.kube.config import Apply, FrontDoor
+from harness.meshes.kube.front_door import (
+    CLIENT_NAME,
+    Apply,
+    FrontDoor,
+    OutboundPathCheck,
+    service_host,
+    sidecar_resource,
+)
 
-CLIENT_NAME = "sticky-client"
 CLIENT_NODE = f"{NODE_NAME}-client"  # not the node agent's: the agent must not run the client as an app pod
-SIDECAR_NAME = "sticky-client-egress"
-_HCM = "envoy.filters.network.http_connection_manager"
-_SESSION_FILTER = "envoy.filters.http.stateful_session"
-
-
-def service_host(namespace: str) -> str:
-    """What an app in the mesh calls: the Service's cluster name and port (the Host header)."""
-    return f"{APP_NAME}.{namespace}.svc.cluster.local:{APP_PORT}"
-
-
-def outbound_cluster(namespace: str) -> str:
-    return f"outbound|{APP_PORT}||{APP_NAME}.{namespace}.svc.cluster.local"
-
-
-def sidecar_resource(bind: str) -> dict[str, Any]:
-    """The Sidecar resource that gives the client a real outbound listener at ``bind:5678``."""
-    return {
-        "apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
-        "metadata": {"name": SIDECAR_NAME},
-        "spec": {
-            "workloadSelector": {"labels": {"app": CLIENT_NAME}},
-            "egress": [{"port": {"number": APP_PORT, "protocol": "HTTP", "name": "http"},
-                        "bind": bind, "captureMode": "NONE", "hosts": ["./*"]}],
-        },
-    }
-
-
-class OutboundPathCheck:
-    """Checks, in every config_dump read from the sidecar, that the probe's requests take the outbound path:
-    the listener at ``bind:5678`` is OUTBOUND, its HCM's route configuration has the Service's virtual host
-    (domains include the Host the probe sends) whose route goes to the outbound cluster. Notes what it saw
-    (session filter in that HCM, StatefulSessionPerRoute on the virtual host, hash policy on the route)."""
-
-    def __init__(self, namespace: str, bind: str) -> None:
-        self.host = service_host(namespace)
-        self.cluster = outbound_cluster(namespace)
-        self.bind = bind
-        self.seen: dict[str, Any] = {}
-
-    def check(self, dump: dict[str, Any]) -> None:
-        listener = self._listener(dump)
-        if listener is None:
-            return  # not pushed yet: convergence waits for the facts, which need it
-        if listener.get("traffic_direction") != "OUTBOUND":
-            raise MeshError(f"the sidecar's listener at {self.bind}:{APP_PORT} is "
-                            f"{listener.get('traffic_direction')}, not OUTBOUND")
-        hcms = [f["typed_config"] for chain in listener.get("filter_chains", []) for f in chain.get("filters", [])
-                if f.get("name") == _HCM]
-        if len(hcms) != 1:
-            raise MeshError(f"the sidecar's outbound listener has {len(hcms)} HTTP connection managers, expected 1")
-        hcm = hcms[0]
-        route_name = hcm.get("rds", {}).get("route_config_name", "")
-        route_config = self._route_config(dump, route_name)
-        if route_config is None:
-            return
-        # A sidecar's route configuration ignores the port in host matching (its domains carry none).
-        names = {self.host}
-        if route_config.get("ignore_port_in_host_matching"):
-            names.add(self.host.rsplit(":", 1)[0])
-        vhost = next((v for v in route_config.get("virtual_hosts", []) if names & set(v.get("domains", []))), None)
-        if vhost is None:
-            return  # the Service is not applied or not pushed yet: convergence waits for its facts
-        clusters = {r.get("route", {}).get("cluster") for r in vhost.get("routes", [])}
-        if clusters != {self.cluster}:
-            raise MeshError(f"the sidecar routes {self.host} to {sorted(map(str, clusters))}, not {self.cluster}")
-        self.seen.update(listener=listener.get("name"), direction="OUTBOUND", route_config=route_name,
-                         virtual_host=vhost.get("name"), cluster=self.cluster)
-        if any(f.get("name") == _SESSION_FILTER for f in hcm.get("http_filters", [])):
-            self.seen["session_filter_in_outbound_hcm"] = True
-        if _SESSION_FILTER in vhost.get("typed_per_filter_config", {}):
-            self.seen["session_settings_on_virtual_host"] = True
-        if any(_SESSION_FILTER in r.get("typed_per_filter_config", {}) for r in vhost.get("routes", [])):
-            self.seen["session_settings_on_route"] = True
-        if any(r.get("route", {}).get("hash_policy") for r in vhost.get("routes", [])):
-            self.seen["hash_policy_on_route"] = True
-
-    def _listener(self, dump: dict[str, Any]) -> dict[str, Any] | None:
-        for config in dump.get("configs", []):
-            for entry in config.get("dynamic_listeners", []):
-                listener = entry.get("active_state", {}).get("listener", {})
-                socket = listener.get("address", {}).get("socket_address", {})
-                if socket.get("address") == self.bind and socket.get("port_value") == APP_PORT:
-                    return dict(listener)
-        return None
-
-    @staticmethod
-    def _route_config(dump: dict[str, Any], name: str) -> dict[str, Any] | None:
-        for config in dump.get("configs", []):
-            for entry in config.get("dynamic_route_configs", []):
-                if entry.get("route_config", {}).get("name") == name:
-                    return dict(entry["route_config"])
-        return None
 
 
 class SidecarProcess(GatewayProcess):
@@ -225,10 +140,7 @@ class ClientSidecar:
         if self.process is None:
             raise MeshError("the client sidecar is not running")
         self.process.check_alive()
-        text = self.process.admin(path)
-        if path.startswith("config_dump"):
-            self.check.check(json.loads(text))
-        return text
+        return self.check.checked(path, self.process.admin(path))
 
     def restart(self) -> None:
         assert self.process is not None

@@ -11,29 +11,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from harness.core.mesh import MeshCapabilities
 from harness.core.timeouts import Timeouts
+from harness.meshes.kube.front_door import FrontDoor
 from harness.meshes.kube.istio import IstioHelm
 from harness.meshes.kube.strategies import GatewayAdmin, IstiodControl
-
-Apply = Callable[[dict[str, Any]], None]  # server-side apply of one object into the run's namespace
-
-
-@dataclass
-class FrontDoor:
-    """Where the probe's requests enter when it is not the ingress gateway (``--front-door sidecar``): a
-    client workload's sidecar, whose Envoy every convergence, counter and fact is then read from."""
-
-    name: str  # "sidecar"
-    url: str  # what the probe connects to
-    host: str  # the Host header it sends (the Service's cluster name)
-    admin: GatewayAdmin  # that Envoy's admin pages
-    known_differences: list[str]  # how this door differs from an app calling through iptables capture
-    start: Callable[[Apply], None]  # once the run's namespace exists, before the baseline
-    stop: Callable[[], None]  # first thing at close
-    run_figures: Callable[[], dict[str, Any]]  # more of the report's run section
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The kind cluster: created with pytest-kind's KindCluster, reused when kept, deleted otherwise.
 
-State (kubeconfig, the host port of the gateway, the Istio version installed) lives in a user cache
-directory, not the checkout, so ``--keep-cluster`` survives a fresh clone: the next run finds the
-cluster by name and reuses it. pytest-kind would download old amd64-only kind/kubectl binaries, so the
+State (kubeconfig, the host ports of the gateway and of the sidecar door, the Istio version installed) lives
+in a user cache directory, not the checkout, so ``--keep-cluster`` survives a fresh clone: the next run finds
+the cluster by name and reuses it. pytest-kind would download old amd64-only kind/kubectl binaries, so the
 ones on PATH are passed in.
 
 cgroup v1 hosts: kubelet 1.35+ refuses to start on cgroup v1 unless its configuration says
@@ -29,6 +29,8 @@ from harness.core.mesh import MeshError
 
 KIND_CONFIG = PROJECT_ROOT / "kind" / "cluster.yaml"
 GATEWAY_NODE_PORT = 30080
+# The sidecar front door's NodePort (harness/meshes/kube/sidecar_door.py): the client pod's outbound listener.
+SIDECAR_NODE_PORT = 30081
 # kubeadm's KubeletConfiguration patch that lets kubelet 1.35+ run on a cgroup v1 host.
 CGROUP_V1_KUBELET_PATCH = "kind: KubeletConfiguration\nfailCgroupV1: false\n"
 
@@ -43,6 +45,7 @@ class ClusterState:
     name: str
     host_port: int
     istio_version: str = ""
+    sidecar_host_port: int = 0  # 0: a cluster created before the sidecar door's port was mapped
 
     @classmethod
     def load(cls, directory: Path) -> ClusterState | None:
@@ -58,10 +61,14 @@ class ClusterState:
         temporary.replace(directory / "state.json")
 
 
-def free_host_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_host_port(avoid: int = 0) -> int:
+    """A port free on the host's loopback now (not ``avoid``, one picked a moment ago and not yet bound)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port != avoid:
+            return port
 
 
 def docker_cgroup_version(run: Any = subprocess.run) -> str:
@@ -85,16 +92,23 @@ def cgroup_note(version: str) -> str:
             "cgroup v1 host kubelet 1.35+ will not start)")
 
 
-def render_kind_config(host_port: int, template: Path = KIND_CONFIG, *, cgroup_v1: bool = False) -> dict[str, Any]:
-    """kind/cluster.yaml with the gateway NodePort mapped to ``host_port`` on the host's loopback, and on a
-    cgroup v1 host the kubelet patch that lets it start there."""
+def render_kind_config(host_port: int, template: Path = KIND_CONFIG, *, cgroup_v1: bool = False,
+                       sidecar_host_port: int | None = None) -> dict[str, Any]:
+    """kind/cluster.yaml with the gateway NodePort mapped to ``host_port`` and the sidecar door's NodePort to
+    ``sidecar_host_port`` (None: that mapping left out) on the host's loopback, and on a cgroup v1 host the
+    kubelet patch that lets it start there."""
     config: dict[str, Any] = yaml.safe_load(template.read_text())
-    mappings = [m for node in config["nodes"] for m in node.get("extraPortMappings", [])
-                if m["containerPort"] == GATEWAY_NODE_PORT]
-    if len(mappings) != 1:
-        raise MeshError(f"{template} must map containerPort {GATEWAY_NODE_PORT} exactly once")
-    mappings[0]["hostPort"] = host_port
-    mappings[0]["listenAddress"] = "127.0.0.1"
+    for node_port, port in ((GATEWAY_NODE_PORT, host_port), (SIDECAR_NODE_PORT, sidecar_host_port)):
+        mappings = [m for node in config["nodes"] for m in node.get("extraPortMappings", [])
+                    if m["containerPort"] == node_port]
+        if len(mappings) != 1:
+            raise MeshError(f"{template} must map containerPort {node_port} exactly once")
+        if port is None:
+            for node in config["nodes"]:
+                node["extraPortMappings"] = [m for m in node.get("extraPortMappings", []) if m is not mappings[0]]
+            continue
+        mappings[0]["hostPort"] = port
+        mappings[0]["listenAddress"] = "127.0.0.1"
     if cgroup_v1:
         patches = config.setdefault("kubeadmConfigPatches", [])
         if CGROUP_V1_KUBELET_PATCH not in patches:
@@ -136,10 +150,15 @@ class KindLifecycle:
             raise MeshError(f"a kind cluster named {self.name} exists that this suite did not create; "
                             "delete it or pass another --cluster-name")
         reuse = previous is not None and exists and self.kubeconfig.exists()
-        state = previous if reuse and previous else ClusterState(self.name, free_host_port())
+        if reuse and previous:
+            state = previous
+        else:
+            gateway_port = free_host_port()
+            state = ClusterState(self.name, gateway_port, sidecar_host_port=free_host_port(avoid=gateway_port))
         self.directory.mkdir(parents=True, exist_ok=True)
         config_path = self.directory / "kind-config.yaml"
-        config_path.write_text(yaml.safe_dump(render_kind_config(state.host_port, cgroup_v1=self.cgroup_v1)))
+        config_path.write_text(yaml.safe_dump(render_kind_config(
+            state.host_port, cgroup_v1=self.cgroup_v1, sidecar_host_port=state.sidecar_host_port or None)))
         cluster = KindCluster(self.name, kubeconfig=self.kubeconfig, image=self.image,
                               kind_path=Path(self.kind), kubectl_path=Path(self.kubectl))
         self.created = not reuse

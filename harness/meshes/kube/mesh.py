@@ -34,6 +34,7 @@ from harness.meshes.kube.strategies import (
     config_dump_over_replicas,
     host_counters_over_replicas,
     pod_exec,
+    serving_pods,
 )
 
 ISTIO_NAMESPACE = "istio-system"
@@ -125,7 +126,11 @@ class KubeMesh(Mesh):
         self.istiod_control: IstiodControl | None = config.istiod_control or (
             HelmIstiodControl(config.istio) if config.istio else None)
         self._gateway_url = config.gateway_url
-        self.gateway_host = run_host(self.namespace) if config.own_host else None
+        # This run's own host for its Gateway and VirtualService (None: their ``*``), and the Host the probe
+        # sends (None: the URL's): the same through the gateway; through a sidecar door the probe names the
+        # Service instead.
+        self.routed_host = run_host(self.namespace) if config.own_host else None
+        self.gateway_host = self.routed_host
         self.after_close = list(config.after_close)
         door = config.front_door
         if door is not None:  # the probe's URL and Host, and the Envoy every read goes to, become the door's
@@ -173,7 +178,9 @@ class KubeMesh(Mesh):
                 for obj in manifests.load(extra):
                     self._server_side_apply(obj)
             if self.config.front_door is not None:
+                door_started = time.monotonic()
                 self.config.front_door.start(self._server_side_apply)
+                self.setup_seconds["client_sidecar"] = time.monotonic() - door_started
             self.reset()
             self._note_gateway_replicas()
             self.setup_seconds["app_start"] = time.monotonic() - started
@@ -481,7 +488,7 @@ class KubeMesh(Mesh):
     def _server_side_apply(self, obj: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        body = with_app_image(scoped_to_host(obj, self.gateway_host), self.config.app_image)
+        body = with_app_image(scoped_to_host(obj, self.routed_host), self.config.app_image)
         body["metadata"]["namespace"] = self.namespace
         resource = self.dynamic.resources.get(api_version=body["apiVersion"], kind=body["kind"])
         # Right after an istiod rollout, istiod's validating webhook can fail to answer for a moment (the
@@ -566,13 +573,10 @@ class KubeMesh(Mesh):
 
     def _gateway_pods(self) -> list[str]:
         """Every gateway replica that serves: running, ready, not terminating (sorted by name)."""
-        pods = self.core.list_namespaced_pod(ISTIO_NAMESPACE, label_selector=GATEWAY_SELECTOR)
-        serving = [p.metadata.name for p in pods.items
-                   if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
-                   and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))]
+        serving = serving_pods(self.core, ISTIO_NAMESPACE, GATEWAY_SELECTOR)
         if not serving:
             raise MeshError(f"no running, ready ingress gateway pod ({GATEWAY_SELECTOR}) in {ISTIO_NAMESPACE}")
-        return sorted(str(name) for name in serving)
+        return serving
 
     def _gateway_pod(self) -> str:
         return self._gateway_pods()[0]

@@ -65,6 +65,14 @@ class IstiodControl(Protocol):
         ...
 
 
+def serving_pods(core: Any, namespace: str, selector: str) -> list[str]:
+    """The pods of ``selector`` that serve: running, ready, not terminating (names, sorted)."""
+    pods = core.list_namespaced_pod(namespace, label_selector=selector)
+    return sorted(str(p.metadata.name) for p in pods.items
+                  if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+                  and any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or [])))
+
+
 # -- running a command in a pod -------------------------------------------------------------------
 class ExecFailed(OSError):  # an OSError, so every poll retries it
     """A command run in a pod did not give its output: the exec could not connect (the pod is going

@@ -1,7 +1,7 @@
 """Start the local mesh by hand: ``python -m harness.meshes.local [-f MANIFEST ...] [--istiod-env NAME=VALUE ...]``.
 
 For the seed's curl loops without any Go build: real Envoy as the gateway, the echo pods as processes,
-istiod's translation in-process (``fixtures/local``). It starts with the seed's base manifests (01-04),
+istiod's translation in-process (``harness/meshes/local``). It starts with the seed's base manifests (01-04),
 then applies the manifests named with ``-f`` (a path, or one relative to ``manifests/``, e.g.
 ``destinationrules/hash-header.yml`` or ``services/session-header.yml``) and sets the istiod flags named
 with ``--istiod-env`` (e.g. ``PILOT_ENABLE_PERSISTENT_SESSION_FILTER=true``). It prints GATEWAY_URL as
