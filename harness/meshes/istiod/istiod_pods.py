@@ -174,8 +174,12 @@ class IstiodPods:
                     self.errors.append(message)
 
     def check_alive(self) -> None:
-        """A failure that stops the mesh: the running istiod exited, or the runner keeps failing."""
-        self.process.check_alive()
+        """A failure that stops the mesh: the running istiod exited, or the runner keeps failing. Taken under
+        the runner's lock: while a pass hands istiod over to a new pod, the old process has exited (code 0,
+        by our SIGTERM) before ``stop`` forgets it, and a check in that moment must not read it as a crash
+        (it did, under load, in a cold .ci/run)."""
+        with self._lock:
+            self.process.check_alive()
         if len(self.errors) >= 3:
             raise MeshError(f"running istiod's pod failed: {self.errors[-1]}")
 
