@@ -182,3 +182,13 @@ def test_local_mesh_by_hand_refuses_a_malformed_flag_before_starting(capsys: pyt
     assert local_mesh.main(["--istiod-env", "PILOT_ENABLE_PERSISTENT_SESSION_FILTER"]) == 2
     assert capsys.readouterr().err.strip() == (
         "error: --istiod-env expects NAME=VALUE, got 'PILOT_ENABLE_PERSISTENT_SESSION_FILTER'")
+
+
+def test_ports_drawn_together_are_distinct() -> None:
+    """istiod's five listeners get their ports in one draw: separate draws could repeat a port, and istiod
+    then exits at start with "address already in use" (seen once with a kind run beside it)."""
+    from harness.meshes.istiod.addresses import free_ports
+
+    for _ in range(20):
+        ports = free_ports(5)
+        assert len(set(ports)) == 5, ports

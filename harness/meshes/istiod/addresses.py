@@ -20,6 +20,7 @@ component and the port in one line.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import random
 import socket
@@ -40,6 +41,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((WILDCARD, 0))  # bound for the draw only, never listened on
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: each socket is held until all are drawn, so the kernel cannot hand the
+    same port out twice (separate ``free_port`` calls can, and istiod then fails to bind its second listener)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((WILDCARD, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def port_is_free(address: str, port: int) -> bool:

@@ -27,7 +27,7 @@ from harness import processes
 from harness.core.mesh import MeshError
 from harness.core.timeouts import Timeouts, poll
 from harness.meshes.istiod import build
-from harness.meshes.istiod.addresses import free_port
+from harness.meshes.istiod.addresses import free_port, free_ports
 
 KUBERNETES_VERSION = "v1.35.4"  # supported by Istio 1.30 and 1.31 (their client-go is v0.35 / v0.36)
 ETCD_VERSION = "v3.6.16"
@@ -95,7 +95,7 @@ class KubeControlPlane:
         return process
 
     def _start_etcd(self, binary: Path) -> str:
-        client, peer = free_port(), free_port()
+        client, peer = free_ports(2)
         url = f"http://127.0.0.1:{client}"
         self._spawn("etcd", [
             str(binary), "--name", "sticky", "--data-dir", str(self.workdir / "etcd"),

@@ -28,7 +28,7 @@ import yaml
 from harness import processes
 from harness.core.mesh import MeshError
 from harness.core.timeouts import Timeouts, poll
-from harness.meshes.istiod.addresses import XDS_PLAINTEXT_PORT, free_port
+from harness.meshes.istiod.addresses import XDS_PLAINTEXT_PORT, free_port, free_ports
 from harness.meshes.kube.helmfile import install_plan
 
 ISTIO_NAMESPACE = "istio-system"
@@ -173,8 +173,7 @@ class IstiodProcess:
         self.env: dict[str, str] = {}
         self.mesh_config = ""
         # Istio's 15010 for plaintext xDS (see addresses.py); the others drawn free, all on istiod's address.
-        self.ports = {"http": free_port(), "secure_grpc": free_port(), "https": free_port(),
-                      "monitoring": free_port(), "ctrlz": free_port()}
+        self.ports = dict(zip(("http", "secure_grpc", "https", "monitoring", "ctrlz"), free_ports(5), strict=True))
 
     @property
     def xds_address(self) -> str:
