@@ -194,8 +194,7 @@ def sidecar_front_door(stack: Any, namespace: str) -> FrontDoor:
     sidecar = ClientSidecar(stack, namespace, address)
 
     def run_figures() -> dict[str, Any]:
-        restarts = {"sidecar_restarts": sidecar.restarts} if sidecar.restarts else {}
-        return {"front_door": {"door": "sidecar", **sidecar.check.seen, **restarts}}
+        return sidecar.check.run_figures(**({"sidecar_restarts": sidecar.restarts} if sidecar.restarts else {}))
 
     return FrontDoor("sidecar", sidecar.url, sidecar.host, LoopbackSidecarAdmin(sidecar),
                      list(SIDECAR_KNOWN_DIFFERENCES), sidecar.start, sidecar.stop, run_figures)

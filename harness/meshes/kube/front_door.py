@@ -83,6 +83,10 @@ class OutboundPathCheck:
         self.bind = bind
         self.seen: dict[str, Any] = {}
 
+    def run_figures(self, **extra: Any) -> dict[str, Any]:
+        """The report's ``run.front_door``: what every check saw, and what the door adds."""
+        return {"front_door": {"door": "sidecar", **self.seen, **extra}}
+
     def checked(self, path: str, text: str) -> str:
         """An admin page as read, after checking it when it is a config_dump."""
         if path.startswith("config_dump"):

@@ -176,8 +176,7 @@ class KindClientSidecar:
                     raise
 
     def run_figures(self) -> dict[str, Any]:
-        return {"front_door": {"door": "sidecar", **self.check.seen, "client": f"Deployment {CLIENT_NAME}, injected "
-                               "sidecar", "node_port": SIDECAR_NODE_PORT}}
+        return self.check.run_figures(client=f"Deployment {CLIENT_NAME}, injected sidecar", node_port=SIDECAR_NODE_PORT)
 
 
 def kind_sidecar_door(core: Any, namespace: str, timeouts: Timeouts, *, image: str | None, host_port: int,
