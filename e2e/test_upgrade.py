@@ -18,14 +18,12 @@ from e2e.vocabulary import (
     COOKIE,
     HASH_HEADER_RULE,
     HEADER,
-    NEEDS_UPGRADE_TARGET,
     SESSION_COOKIE_SERVICE,
     SESSION_HEADER_SERVICE,
     enable,
 )
 from harness.core.mesh import PERSISTENT_SESSION_FLAG, Mesh
 from harness.core.needs import needs
-from harness.core.verdicts import excluded
 from harness.core.versions import parse
 from harness.traffic import session_state
 from harness.traffic.affinity import assert_sticky, placement
@@ -61,8 +59,7 @@ MECHANISMS = [
 def upgrade_target(request: pytest.FixtureRequest, session_mesh: Mesh) -> Iterator[str]:
     """The data plane to upgrade to; the mesh returns to where it started afterwards."""
     target = request.config.getoption("--upgrade-to")
-    if not target:  # e2e/conftest.py excludes these tests at collection already; this is its backstop
-        excluded(NEEDS_UPGRADE_TARGET)
+    assert target, "e2e/conftest.py excludes every test using this fixture at collection without --upgrade-to"
     original = session_mesh.data_plane_target
     yield str(target)
     session_mesh.upgrade_data_plane(original)
